@@ -1,0 +1,95 @@
+"""Schedules for the distiller's temperature and alpha, applied between epochs.
+
+Both values are variables of the `Distiller`, so a change reaches the compiled
+(jit/XLA) train step without recompiling.
+"""
+
+import inspect
+import math
+
+import keras
+
+
+class _DistillerScheduler(keras.callbacks.Callback):
+    attribute = None
+
+    def __init__(self, schedule, verbose=0):
+        super().__init__()
+        if not callable(schedule):
+            raise TypeError(
+                f"{type(self).__name__} needs a function epoch -> {self.attribute} (or "
+                f"(epoch, current_{self.attribute}) -> value), got {schedule!r}."
+            )
+        self.schedule = schedule
+        self.verbose = verbose
+        parameters = inspect.signature(schedule).parameters.values()
+        positional = [p for p in parameters if p.kind in (p.POSITIONAL_ONLY, p.POSITIONAL_OR_KEYWORD)]
+        self._passes_current = len(positional) >= 2 or any(p.kind == p.VAR_POSITIONAL for p in parameters)
+
+    def _distiller(self):
+        from keras_kd.distiller import Distiller
+
+        if not isinstance(self.model, Distiller):
+            raise TypeError(
+                f"{type(self).__name__} schedules a keras_kd.Distiller's {self.attribute}; it "
+                f"was given to the fit() of {type(self.model).__name__} {self.model.name!r}."
+            )
+        return self.model
+
+    def on_epoch_begin(self, epoch, logs=None):
+        distiller = self._distiller()
+        current = getattr(distiller, self.attribute)
+        value = self.schedule(epoch, current) if self._passes_current else self.schedule(epoch)
+        if isinstance(value, bool) or not isinstance(value, (int, float)) or not math.isfinite(value):
+            raise ValueError(
+                f"The {self.attribute} schedule returned {value!r} for epoch {epoch}; it must "
+                "return a finite Python number."
+            )
+        try:
+            setattr(distiller, self.attribute, value)
+        except ValueError as error:
+            raise ValueError(f"The {self.attribute} schedule at epoch {epoch}: {error}") from None
+        if self.verbose:
+            print(f"\nEpoch {epoch + 1}: {type(self).__name__} sets {self.attribute} to {value}.")
+
+    def on_epoch_end(self, epoch, logs=None):
+        if logs is not None:
+            logs[self.attribute] = getattr(self._distiller(), self.attribute)
+
+
+class TemperatureScheduler(_DistillerScheduler):
+    """Sets the distiller's temperature `T` at the start of each epoch.
+
+    Args:
+        schedule: `epoch -> T` or `(epoch, current_T) -> T`, epochs counted from 0;
+            each value must be a finite number > 0.
+        verbose: print each change.
+
+    The value is logged as `temperature` at the end of every epoch.
+
+    Example:
+
+    >>> import keras_kd
+    >>> anneal = keras_kd.callbacks.TemperatureScheduler(lambda epoch: max(1.0, 8.0 / 2**epoch))
+    """
+
+    attribute = "temperature"
+
+
+class AlphaScheduler(_DistillerScheduler):
+    """Sets the distiller's hard-loss weight `alpha` at the start of each epoch.
+
+    Args:
+        schedule: `epoch -> alpha` or `(epoch, current_alpha) -> alpha`, epochs
+            counted from 0; each value must lie in `[0, 1]`.
+        verbose: print each change.
+
+    The value is logged as `alpha` at the end of every epoch.
+
+    Example:
+
+    >>> import keras_kd
+    >>> more_labels_later = keras_kd.callbacks.AlphaScheduler(lambda epoch: min(0.5, 0.1 * epoch))
+    """
+
+    attribute = "alpha"

@@ -1,0 +1,130 @@
+"""Validation of what the user passes in: each failure names the value and the fix."""
+
+import math
+
+import keras
+
+
+def check_model(role, model):
+    if not isinstance(model, keras.Model):
+        raise TypeError(
+            f"{role} must be a keras.Model, got {type(model).__name__}. Wrap layers or "
+            "functions in keras.Sequential([...]) or a functional keras.Model(inputs, outputs)."
+        )
+    return model
+
+
+def check_teacher_built(teacher):
+    if not teacher.built:
+        raise ValueError(
+            f"The teacher {teacher.name!r} is not built, so it has no trained weights. "
+            "Train it (or load it with keras.saving.load_model) before distilling, or "
+            "call it once on a batch so that its variables exist."
+        )
+
+
+def check_temperature(value):
+    if isinstance(value, bool) or not isinstance(value, (int, float)):
+        raise TypeError(f"temperature must be a number, got {value!r} ({type(value).__name__}).")
+    if not math.isfinite(value) or value <= 0:
+        raise ValueError(
+            f"temperature must be a finite number > 0, got {value}. T = 1 is the plain "
+            "softmax; Hinton et al. use 2 to 20 to soften the teacher's probabilities."
+        )
+    return float(value)
+
+
+def check_alpha(value):
+    if isinstance(value, bool) or not isinstance(value, (int, float)):
+        raise TypeError(f"alpha must be a number, got {value!r} ({type(value).__name__}).")
+    if not 0.0 <= value <= 1.0:
+        raise ValueError(
+            f"alpha must lie in [0, 1], got {value}. alpha weights the hard-label loss and "
+            "(1 - alpha) the soft-target loss: alpha=0 is pure distillation, alpha=1 ignores "
+            "the teacher."
+        )
+    return float(value)
+
+
+def _output_operation(model):
+    """The layer that produces the model's output, where the model's graph says so."""
+    outputs = getattr(model, "outputs", None)
+    if outputs:
+        history = getattr(outputs[0], "_keras_history", None)
+        if history is not None:
+            return history.operation
+    layers = getattr(model, "layers", None)
+    return layers[-1] if layers else None
+
+
+def _is_softmax(layer):
+    if isinstance(layer, keras.layers.Softmax):
+        return True
+    activation = getattr(layer, "activation", None)
+    if activation is None:
+        return False
+    return getattr(activation, "__name__", "") in ("softmax", "log_softmax")
+
+
+def check_outputs_logits(role, model):
+    """Raises when the model's output layer applies softmax: soft targets need logits."""
+    layer = _output_operation(model)
+    if layer is not None and _is_softmax(layer):
+        raise ValueError(
+            f"The {role} {model.name!r} ends in layer {layer.name!r}, which applies softmax. "
+            "Distillation needs logits: rebuild that layer with activation=None (or drop the "
+            "Softmax layer); keras.ops.softmax(model(x)) gives probabilities again at "
+            "inference."
+        )
+
+
+def _known_shape(model):
+    outputs = getattr(model, "outputs", None)
+    if not outputs:
+        return None
+    if len(outputs) != 1:
+        raise ValueError(
+            f"{model.name!r} has {len(outputs)} outputs; a Distiller needs one output tensor of "
+            "logits per model. Build a model that returns only the logits to distill."
+        )
+    return tuple(outputs[0].shape)
+
+
+def shapes_match(a, b):
+    """Equal rank and equal sizes where both are known (None is a wildcard)."""
+    return len(a) == len(b) and all(x is None or y is None or x == y for x, y in zip(a, b))
+
+
+def check_output_shapes(teacher_shape, student_shape):
+    if teacher_shape is None or student_shape is None:
+        return
+    if not shapes_match(tuple(teacher_shape), tuple(student_shape)):
+        raise ValueError(
+            f"Teacher outputs shape {tuple(teacher_shape)} but student outputs shape "
+            f"{tuple(student_shape)}. Soft targets compare the two position by position and "
+            "class by class: give the student the teacher's number of classes (last axis) "
+            "and sequence length."
+        )
+
+
+def check_model_pair(teacher, student):
+    """Static checks at construction where the models' graphs tell their outputs."""
+    for role, model in (("teacher", teacher), ("student", student)):
+        check_outputs_logits(role, model)
+    check_output_shapes(_known_shape(teacher), _known_shape(student))
+
+
+def label_kind(y_shape, logits_shape):
+    """`"sparse"` or `"categorical"` for labels of `y_shape` against logits; else ValueError."""
+    y_shape, logits_shape = tuple(y_shape), tuple(logits_shape)
+    sparse = logits_shape[:-1]
+    if shapes_match(y_shape, sparse) or shapes_match(y_shape, sparse + (1,)):
+        return "sparse"
+    if shapes_match(y_shape, logits_shape):
+        return "categorical"
+    raise ValueError(
+        f"Labels of shape {y_shape} fit neither sparse integer labels {sparse} (or "
+        f"{sparse + (1,)}) nor one-hot labels {logits_shape} for student logits of shape "
+        f"{logits_shape}. Pass class indices or one-hot vectors, or give compile() a loss "
+        "that fits your labels."
+    )

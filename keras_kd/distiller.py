@@ -1,0 +1,198 @@
+"""The `Distiller` model: configuration, the distillation objective, and serialization.
+
+The train/test step bodies live in `keras_kd/trainers/`, one file per backend;
+everything here is backend-agnostic.
+"""
+
+import keras
+from keras import ops
+
+from keras_kd import checks
+from keras_kd.losses import soft_target_kl
+from keras_kd.losses._reduction import weighted_mean
+from keras_kd.trainers import DistillationSteps
+
+
+@keras.saving.register_keras_serializable(package="keras_kd")
+class Distiller(DistillationSteps, keras.Model):
+    """Trains `student` to match `teacher` (Hinton, Vinyals & Dean 2015).
+
+    The loss of a labelled batch is
+
+        L = alpha * L_hard(y, s) + (1 - alpha) * T**2 * KL(softmax(t / T) || softmax(s / T))
+
+    where `t` and `s` are the teacher's and the student's logits and `L_hard`
+    is the loss given to `compile()` (default: sparse categorical cross-entropy
+    from logits for integer labels, categorical for one-hot labels). A batch
+    without labels (`fit(x)` or a dataset yielding only inputs) trains on the
+    soft term alone, `T**2 * KL(...)`, with weight 1. `sample_weight` (and
+    `class_weight`) weights both terms; the soft term is averaged over
+    examples and, for `(batch, ..., classes)` outputs, over positions.
+    Regularization losses of the student are added.
+
+    The teacher is frozen: it runs with `training=False`, outside the gradient
+    computation, and its weights never change. `call`, `predict` and
+    `evaluate`'s metrics use the student. `fit` and `evaluate` log `loss`,
+    `hard_loss` (labelled batches only), `soft_loss` (the `T**2 * KL` value
+    before weighting) and the compiled metrics on the student's outputs.
+
+    `temperature` and `alpha` are variables: set them between epochs
+    (`distiller.temperature = 2.0`, or `keras_kd.callbacks.TemperatureScheduler`)
+    and compiled steps see the new value without recompiling.
+
+    Args:
+        teacher: a built `keras.Model` that returns logits.
+        student: a `keras.Model` that returns logits of the teacher's shape.
+        temperature: `T > 0` that softens both distributions.
+        alpha: weight of the hard-label loss in `[0, 1]`.
+        name: name of the model.
+
+    Example:
+
+    >>> import numpy as np, keras, keras_kd
+    >>> teacher = keras.Sequential([keras.Input((4,)), keras.layers.Dense(3)])
+    >>> student = keras.Sequential([keras.Input((4,)), keras.layers.Dense(3)])
+    >>> distiller = keras_kd.Distiller(teacher, student, temperature=4.0, alpha=0.1)
+    >>> x, y = np.random.rand(32, 4), np.random.randint(0, 3, 32)
+    >>> history = distiller.compile(optimizer="adam", metrics=["accuracy"]).fit(
+    ...     x, y, epochs=1, verbose=0)
+    >>> sorted(history.history)
+    ['accuracy', 'hard_loss', 'loss', 'soft_loss']
+    """
+
+    def __init__(self, teacher, student, temperature=4.0, alpha=0.1, name="distiller", **kwargs):
+        super().__init__(name=name, **kwargs)
+        checks.check_model("teacher", teacher)
+        checks.check_model("student", student)
+        checks.check_teacher_built(teacher)
+        checks.check_model_pair(teacher, student)
+        temperature = checks.check_temperature(temperature)
+        alpha = checks.check_alpha(alpha)
+
+        teacher.trainable = False
+        self.teacher = teacher
+        self.student = student
+        self._temperature = self._scalar_variable("temperature", temperature)
+        self._alpha = self._scalar_variable("alpha", alpha)
+        self.hard_loss_tracker = keras.metrics.Mean(name="hard_loss")
+        self.soft_loss_tracker = keras.metrics.Mean(name="soft_loss")
+        if student.built:
+            # Built parts make a built distiller: BackupAndRestore and JAX's
+            # stateless step need every variable before the first batch.
+            self.built = True
+
+    def _scalar_variable(self, name, value):
+        return self.add_weight(
+            shape=(),
+            initializer=keras.initializers.Constant(value),
+            dtype="float32",
+            trainable=False,
+            autocast=False,
+            name=name,
+        )
+
+    @property
+    def temperature(self):
+        """The current temperature `T` (a float); assign to change it."""
+        return float(ops.convert_to_numpy(self._temperature))
+
+    @temperature.setter
+    def temperature(self, value):
+        self._temperature.assign(checks.check_temperature(value))
+
+    @property
+    def alpha(self):
+        """The current hard-loss weight `alpha` (a float); assign to change it."""
+        return float(ops.convert_to_numpy(self._alpha))
+
+    @alpha.setter
+    def alpha(self, value):
+        self._alpha.assign(checks.check_alpha(value))
+
+    def call(self, inputs, training=None):
+        return self.student(inputs, training=training)
+
+    def compile(self, optimizer="rmsprop", loss=None, metrics=None, **kwargs):
+        """`keras.Model.compile`, returning the distiller so that `.fit` chains.
+
+        `loss` is the hard-label loss; leave it `None` for cross-entropy from
+        logits (sparse or one-hot, read off the labels' shape).
+        """
+        super().compile(optimizer=optimizer, loss=loss, metrics=metrics, **kwargs)
+        return self
+
+    def compile_from_config(self, config):
+        config = keras.saving.deserialize_keras_object(config)
+        self.compile(**config)
+        if self.optimizer is not None and self.built:
+            self.optimizer.build(self.trainable_variables)
+
+    # The objective, shared by every backend's step.
+
+    def compute_distillation_loss(self, y, student_logits, teacher_logits, sample_weight=None):
+        """Returns `(loss, terms)` for one batch; `terms` holds the unweighted parts."""
+        checks.check_output_shapes(teacher_logits.shape, student_logits.shape)
+        soft = weighted_mean(
+            soft_target_kl(teacher_logits, student_logits, self._temperature), sample_weight
+        )
+        terms = {"soft_loss": soft}
+        if y is None:
+            loss = soft
+        else:
+            hard = self._hard_loss(y, student_logits, sample_weight)
+            terms["hard_loss"] = hard
+            loss = self._alpha * hard + (1.0 - self._alpha) * soft
+        regularization = self.student.losses
+        if regularization:
+            loss = loss + ops.sum([ops.cast(ops.sum(r), "float32") for r in regularization])
+        return loss, terms
+
+    def _hard_loss(self, y, logits, sample_weight):
+        if self._compile_loss is not None:
+            return ops.cast(self._compile_loss(y, logits, sample_weight), "float32")
+        logits = ops.cast(logits, "float32")
+        if checks.label_kind(y.shape, logits.shape) == "sparse":
+            if len(y.shape) == len(logits.shape):
+                y = ops.squeeze(y, axis=-1)
+            values = keras.losses.sparse_categorical_crossentropy(y, logits, from_logits=True)
+        else:
+            values = keras.losses.categorical_crossentropy(
+                ops.cast(y, "float32"), logits, from_logits=True
+            )
+        return weighted_mean(values, sample_weight)
+
+    def update_distillation_metrics(self, loss, terms, x, y, student_logits, sample_weight):
+        """Updates the loss trackers and compiled metrics; returns the logs of this batch."""
+        batch_size = ops.shape(keras.tree.flatten(x)[0])[0]
+        self._loss_tracker.update_state(loss, sample_weight=batch_size)
+        self.soft_loss_tracker.update_state(terms["soft_loss"], sample_weight=batch_size)
+        if y is None:
+            # Without labels only the label-free numbers mean anything.
+            return {m.name: m.result() for m in (self._loss_tracker, self.soft_loss_tracker)}
+        self.hard_loss_tracker.update_state(terms["hard_loss"], sample_weight=batch_size)
+        return self.compute_metrics(x, y, student_logits, sample_weight)
+
+    # Serialization.
+
+    def get_config(self):
+        return {
+            "name": self.name,
+            "teacher": _serialize_uncompiled(self.teacher),
+            "student": _serialize_uncompiled(self.student),
+            "temperature": self.temperature,
+            "alpha": self.alpha,
+        }
+
+    @classmethod
+    def from_config(cls, config):
+        config = dict(config)
+        for key in ("teacher", "student"):
+            config[key] = keras.saving.deserialize_keras_object(config[key])
+        return cls(**config)
+
+
+def _serialize_uncompiled(model):
+    """The model's config without its own compile state: the distiller's optimizer trains it."""
+    config = keras.saving.serialize_keras_object(model)
+    config.pop("compile_config", None)
+    return config

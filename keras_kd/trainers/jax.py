@@ -1,0 +1,78 @@
+"""JAX steps: stateless, `train_step(state, data) -> (logs, state)`, so Keras can jit them.
+
+Model code reads variables through a `StatelessScope` that maps each Keras
+variable to its value in `state`; the teacher's forward pass happens before
+`jax.value_and_grad` and under `stop_gradient`.
+"""
+
+import jax
+from keras import StatelessScope
+from keras.utils import unpack_x_y_sample_weight
+
+
+def _current_values(scope, variables, values):
+    updated = []
+    for variable, value in zip(variables, values):
+        new_value = scope.get_current_value(variable)
+        updated.append(value if new_value is None else new_value)
+    return updated
+
+
+class DistillationSteps:
+    def _model_scope(self, trainable_values, non_trainable_values):
+        mapping = list(zip(self.trainable_variables, trainable_values))
+        mapping += zip(self.non_trainable_variables, non_trainable_values)
+        return StatelessScope(state_mapping=mapping, collect_losses=True)
+
+    def _teacher_logits(self, trainable_values, non_trainable_values, x):
+        with self._model_scope(trainable_values, non_trainable_values):
+            return jax.lax.stop_gradient(self.teacher(x, training=False))
+
+    def _student_loss(
+        self, trainable_values, non_trainable_values, x, y, sample_weight, teacher_logits, training
+    ):
+        with self._model_scope(trainable_values, non_trainable_values) as scope:
+            student_logits = self.student(x, training=training)
+            loss, terms = self.compute_distillation_loss(y, student_logits, teacher_logits, sample_weight)
+        non_trainable_values = _current_values(scope, self.non_trainable_variables, non_trainable_values)
+        return loss, (terms, student_logits, non_trainable_values)
+
+    def _scaled_student_loss(self, trainable_values, non_trainable_values, optimizer_values, *args):
+        loss, aux = self._student_loss(trainable_values, non_trainable_values, *args, training=True)
+        with StatelessScope(state_mapping=list(zip(self.optimizer.variables, optimizer_values))):
+            scaled_loss = self.optimizer.scale_loss(loss)
+        return scaled_loss, (loss, aux)
+
+    def _metrics_update(self, metrics_values, loss, terms, x, y, student_logits, sample_weight):
+        mapping = list(zip(self.metrics_variables, metrics_values))
+        with StatelessScope(state_mapping=mapping) as scope:
+            logs = self.update_distillation_metrics(loss, terms, x, y, student_logits, sample_weight)
+        return logs, _current_values(scope, self.metrics_variables, metrics_values)
+
+    def train_step(self, state, data):
+        trainable_values, non_trainable_values, optimizer_values, metrics_values = state
+        x, y, sample_weight = unpack_x_y_sample_weight(data)
+        teacher_logits = self._teacher_logits(trainable_values, non_trainable_values, x)
+        grad_fn = jax.value_and_grad(self._scaled_student_loss, has_aux=True)
+        (_, (loss, (terms, student_logits, non_trainable_values))), gradients = grad_fn(
+            trainable_values, non_trainable_values, optimizer_values, x, y, sample_weight, teacher_logits
+        )
+        trainable_values, optimizer_values = self.optimizer.stateless_apply(
+            optimizer_values, gradients, trainable_values
+        )
+        logs, metrics_values = self._metrics_update(
+            metrics_values, loss, terms, x, y, student_logits, sample_weight
+        )
+        return logs, (trainable_values, non_trainable_values, optimizer_values, metrics_values)
+
+    def test_step(self, state, data):
+        trainable_values, non_trainable_values, metrics_values = state
+        x, y, sample_weight = unpack_x_y_sample_weight(data)
+        teacher_logits = self._teacher_logits(trainable_values, non_trainable_values, x)
+        loss, (terms, student_logits, non_trainable_values) = self._student_loss(
+            trainable_values, non_trainable_values, x, y, sample_weight, teacher_logits, training=False
+        )
+        logs, metrics_values = self._metrics_update(
+            metrics_values, loss, terms, x, y, student_logits, sample_weight
+        )
+        return logs, (trainable_values, non_trainable_values, metrics_values)

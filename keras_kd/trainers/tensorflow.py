@@ -1,0 +1,25 @@
+"""TensorFlow steps: the teacher outside the tape, the student under `tf.GradientTape`."""
+
+import tensorflow as tf
+from keras.utils import unpack_x_y_sample_weight
+
+
+class DistillationSteps:
+    def train_step(self, data):
+        x, y, sample_weight = unpack_x_y_sample_weight(data)
+        teacher_logits = tf.stop_gradient(self.teacher(x, training=False))
+        with tf.GradientTape() as tape:
+            student_logits = self.student(x, training=True)
+            loss, terms = self.compute_distillation_loss(y, student_logits, teacher_logits, sample_weight)
+            scaled_loss = self.optimizer.scale_loss(loss)
+        variables = self.trainable_variables
+        gradients = tape.gradient(scaled_loss, variables)
+        self.optimizer.apply_gradients(zip(gradients, variables))
+        return self.update_distillation_metrics(loss, terms, x, y, student_logits, sample_weight)
+
+    def test_step(self, data):
+        x, y, sample_weight = unpack_x_y_sample_weight(data)
+        teacher_logits = self.teacher(x, training=False)
+        student_logits = self.student(x, training=False)
+        loss, terms = self.compute_distillation_loss(y, student_logits, teacher_logits, sample_weight)
+        return self.update_distillation_metrics(loss, terms, x, y, student_logits, sample_weight)
