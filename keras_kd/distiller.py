@@ -132,9 +132,7 @@ class Distiller(DistillationSteps, keras.Model):
     def compute_distillation_loss(self, y, student_logits, teacher_logits, sample_weight=None):
         """Returns `(loss, terms)` for one batch; `terms` holds the unweighted parts."""
         checks.check_output_shapes(teacher_logits.shape, student_logits.shape)
-        soft = weighted_mean(
-            soft_target_kl(teacher_logits, student_logits, self._temperature), sample_weight
-        )
+        soft = weighted_mean(soft_target_kl(teacher_logits, student_logits, self._temperature), sample_weight)
         terms = {"soft_loss": soft}
         if y is None:
             loss = soft
@@ -156,9 +154,7 @@ class Distiller(DistillationSteps, keras.Model):
                 y = ops.squeeze(y, axis=-1)
             values = keras.losses.sparse_categorical_crossentropy(y, logits, from_logits=True)
         else:
-            values = keras.losses.categorical_crossentropy(
-                ops.cast(y, "float32"), logits, from_logits=True
-            )
+            values = keras.losses.categorical_crossentropy(ops.cast(y, "float32"), logits, from_logits=True)
         return weighted_mean(values, sample_weight)
 
     def update_distillation_metrics(self, loss, terms, x, y, student_logits, sample_weight):

@@ -28,9 +28,7 @@ class DistillationSteps:
         with self._model_scope(trainable_values, non_trainable_values):
             return jax.lax.stop_gradient(self.teacher(x, training=False))
 
-    def _student_loss(
-        self, trainable_values, non_trainable_values, x, y, sample_weight, teacher_logits, training
-    ):
+    def _student_loss(self, trainable_values, non_trainable_values, x, y, sample_weight, teacher_logits, training):
         with self._model_scope(trainable_values, non_trainable_values) as scope:
             student_logits = self.student(x, training=training)
             loss, terms = self.compute_distillation_loss(y, student_logits, teacher_logits, sample_weight)
@@ -60,9 +58,7 @@ class DistillationSteps:
         trainable_values, optimizer_values = self.optimizer.stateless_apply(
             optimizer_values, gradients, trainable_values
         )
-        logs, metrics_values = self._metrics_update(
-            metrics_values, loss, terms, x, y, student_logits, sample_weight
-        )
+        logs, metrics_values = self._metrics_update(metrics_values, loss, terms, x, y, student_logits, sample_weight)
         return logs, (trainable_values, non_trainable_values, optimizer_values, metrics_values)
 
     def test_step(self, state, data):
@@ -72,7 +68,5 @@ class DistillationSteps:
         loss, (terms, student_logits, non_trainable_values) = self._student_loss(
             trainable_values, non_trainable_values, x, y, sample_weight, teacher_logits, training=False
         )
-        logs, metrics_values = self._metrics_update(
-            metrics_values, loss, terms, x, y, student_logits, sample_weight
-        )
+        logs, metrics_values = self._metrics_update(metrics_values, loss, terms, x, y, student_logits, sample_weight)
         return logs, (trainable_values, non_trainable_values, metrics_values)

@@ -18,9 +18,7 @@ class DistillationSteps:
         with torch.no_grad():
             self.optimizer.apply(gradients, variables)
         terms = {name: value.detach() for name, value in terms.items()}
-        return self.update_distillation_metrics(
-            loss.detach(), terms, x, y, student_logits.detach(), sample_weight
-        )
+        return self.update_distillation_metrics(loss.detach(), terms, x, y, student_logits.detach(), sample_weight)
 
     def test_step(self, data):
         x, y, sample_weight = unpack_x_y_sample_weight(data)

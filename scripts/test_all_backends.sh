@@ -1,0 +1,19 @@
+#!/usr/bin/env bash
+# Runs the whole test suite once per Keras backend; fails if any backend fails or collects no test.
+# Extra arguments go to pytest, e.g. `bash scripts/test_all_backends.sh -x -k distiller`.
+set -u
+cd "$(dirname "$0")/.."
+status=0
+summary=""
+for backend in ${KERAS_KD_BACKENDS:-tensorflow jax torch}; do
+  echo "=== KERAS_BACKEND=$backend"
+  KERAS_BACKEND=$backend python -m pytest -p no:cacheprovider "$@"
+  rc=$?
+  case $rc in
+    0) summary+="$backend: passed"$'\n' ;;
+    5) summary+="$backend: FAILED (pytest collected no test)"$'\n'; status=1 ;;
+    *) summary+="$backend: FAILED (pytest exit $rc)"$'\n'; status=1 ;;
+  esac
+done
+printf '\n%s' "$summary"
+exit $status

@@ -1,0 +1,73 @@
+import keras
+import numpy as np
+import pytest
+from conftest import dense_model, toy_data
+from test_losses_logits import reference
+
+import keras_kd
+from keras_kd.callbacks import AlphaScheduler, TemperatureScheduler
+
+JIT = keras.backend.backend() in ("jax", "tensorflow")
+
+
+def frozen_student_distiller(**kwargs):
+    """A distiller whose student cannot move (learning rate 0), so each epoch's loss is exact."""
+    x, y = toy_data(n=64)
+    teacher = dense_model(8, 3, hidden=16, name="teacher")
+    distiller = keras_kd.Distiller(teacher, dense_model(8, 3, name="student"), **kwargs)
+    distiller.compile(optimizer=keras.optimizers.SGD(learning_rate=0.0), jit_compile=JIT)
+    return distiller, x, y
+
+
+def logits(model, x):
+    return keras.ops.convert_to_numpy(model(x, training=False))
+
+
+def test_temperature_change_reaches_the_compiled_step():
+    distiller, x, y = frozen_student_distiller(temperature=1.0)
+    schedule = [1.0, 4.0, 10.0]
+    history = distiller.fit(
+        x, y, epochs=3, batch_size=64, verbose=0, callbacks=[TemperatureScheduler(lambda e: schedule[e])]
+    )
+    if JIT:
+        assert distiller.jit_compile is True
+    t, s = logits(distiller.teacher, x), logits(distiller.student, x)
+    expected = [reference(t, s, value) for value in schedule]
+    np.testing.assert_allclose(history.history["soft_loss"], expected, rtol=1e-5)
+    assert history.history["temperature"] == schedule
+    assert distiller.temperature == 10.0
+
+
+def test_alpha_change_reaches_the_compiled_step():
+    distiller, x, y = frozen_student_distiller(alpha=0.0)
+    history = distiller.fit(
+        x, y, epochs=3, batch_size=64, verbose=0, callbacks=[AlphaScheduler(lambda epoch, alpha: min(1.0, alpha + 0.5))]
+    )
+    hard, soft = history.history["hard_loss"][0], history.history["soft_loss"][0]
+    expected = [a * hard + (1 - a) * soft for a in (0.5, 1.0)]
+    np.testing.assert_allclose(history.history["loss"][:2], expected, rtol=1e-5)
+    assert history.history["alpha"] == [0.5, 1.0, 1.0]
+
+
+def test_schedule_out_of_range_is_an_error_naming_epoch_and_value():
+    distiller, x, y = frozen_student_distiller(alpha=0.0)
+    with pytest.raises(ValueError, match=r"alpha schedule at epoch 2: alpha must lie in \[0, 1\], got 1.5"):
+        distiller.fit(x, y, epochs=3, verbose=0, callbacks=[AlphaScheduler(lambda e: 0.5 * (e + 1))])
+
+
+def test_schedule_returning_a_non_number_is_an_error():
+    distiller, x, y = frozen_student_distiller()
+    with pytest.raises(ValueError, match="temperature schedule returned None for epoch 0"):
+        distiller.fit(x, y, epochs=1, verbose=0, callbacks=[TemperatureScheduler(lambda e: None)])
+    with pytest.raises(ValueError, match="temperature must be a finite number > 0, got 0"):
+        distiller.fit(x, y, epochs=1, verbose=0, callbacks=[TemperatureScheduler(lambda e: 0)])
+
+
+def test_scheduler_needs_a_callable_and_a_distiller():
+    with pytest.raises(TypeError, match="TemperatureScheduler needs a function"):
+        TemperatureScheduler(4.0)
+    x, y = toy_data(n=32)
+    model = dense_model(8, 3, name="plain")
+    model.compile("sgd", keras.losses.SparseCategoricalCrossentropy(from_logits=True))
+    with pytest.raises(TypeError, match="schedules a keras_kd.Distiller's temperature.*'plain'"):
+        model.fit(x, y, epochs=1, verbose=0, callbacks=[TemperatureScheduler(lambda e: 2.0)])
