@@ -166,3 +166,19 @@ def test_student_saves_alone(tmp_path):
     student = keras.saving.load_model(path)
     assert student.name == "small" and len(student.weights) == len(distiller.student.weights)
     np.testing.assert_allclose(student.predict(x, verbose=0), distiller.predict(x, verbose=0), atol=1e-6)
+
+
+@pytest.mark.parametrize("policy", ["mixed_float16", "mixed_bfloat16"])
+def test_mixed_precision_trains_with_float32_losses(policy):
+    x, y = toy_data()
+    keras.config.set_dtype_policy(policy)
+    try:
+        teacher, student = dense_model(8, 3, hidden=16, name="t"), dense_model(8, 3, hidden=4, name="s")
+        distiller = keras_kd.Distiller(teacher, student).compile("adam")
+        if policy == "mixed_float16":
+            assert isinstance(distiller.optimizer, keras.optimizers.LossScaleOptimizer)
+        history = distiller.fit(x, y, epochs=2, batch_size=32, verbose=0)
+    finally:
+        keras.config.set_dtype_policy("float32")
+    assert np.isfinite(history.history["loss"]).all()
+    assert history.history["soft_loss"][1] < history.history["soft_loss"][0]
