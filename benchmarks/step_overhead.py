@@ -70,7 +70,7 @@ def parse_args(argv=None):
     )
     parser.add_argument("--warmup-rounds", type=int, default=1, help="untimed rounds after compilation")
     parser.add_argument("--batch-size", type=int, default=128)
-    parser.add_argument("--threads", type=int, default=2, help="intra-op (and inter-op) threads")
+    parser.add_argument("--threads", type=int, default=1, help="intra-op and inter-op threads (default 1)")
     parser.add_argument("--bootstrap", type=int, default=2000, help="bootstrap resamples of the rounds")
     parser.add_argument("--seed", type=int, default=0, help="seeds data, weights, round order, bootstrap")
     parser.add_argument(
@@ -95,18 +95,18 @@ def parse_args(argv=None):
 
 
 def pin_threads(threads):
-    """Fixes every thread pool the three frameworks size from the environment or the CPU count.
+    """Fixes the size of every compute thread pool of the three frameworks, before import.
 
-    - CPU affinity to `threads` CPUs, which also caps pools sized from the schedulable CPU
-      count (XLA:CPU's, tf.data's);
     - OMP/MKL/OpenBLAS threads (torch's intra-op pool, any BLAS);
     - TF_NUM_INTRAOP_THREADS / TF_NUM_INTEROP_THREADS (set again through tf.config later);
-    - XLA_FLAGS `--xla_cpu_multi_thread_eigen=true intra_op_parallelism_threads=N` for JAX.
+    - XLA_FLAGS `--xla_cpu_multi_thread_eigen=true intra_op_parallelism_threads=N` for JAX
+      (checked: with N=1 a large jitted conv or matmul uses 1.0 CPU-second per second, 2.0
+      without the flag on 2 cores).
+
+    CPU affinity is left alone: the Python thread, JAX's dispatch and tf.data's input threads
+    may run beside the compute pool, as in any user's `fit`.
     """
     cpus = sorted(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else []
-    pinned = cpus[:threads]
-    if pinned and len(pinned) < len(cpus):
-        os.sched_setaffinity(0, pinned)
     value = str(threads)
     for name in ("OMP_NUM_THREADS", "MKL_NUM_THREADS", "OPENBLAS_NUM_THREADS"):
         os.environ[name] = value
@@ -118,7 +118,7 @@ def pin_threads(threads):
     os.environ["XLA_FLAGS"] = xla_flags.strip()
     return {
         "threads": threads,
-        "cpu_affinity": sorted(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else None,
+        "cpu_affinity": cpus or None,
         "cpus_available": len(cpus) or os.cpu_count(),
         "env": {
             name: os.environ[name]
@@ -162,17 +162,15 @@ def configure_framework_threads(backend, threads):
 
 
 def build_teacher(keras):
-    """An MNIST-style CNN: ~0.8 MMAC per example, ~0.1 GMAC per batch of 128."""
+    """An MNIST-style CNN (strided convolutions): ~1 MMAC per example, ~0.13 GMAC per batch of 128."""
     layers = keras.layers
     return keras.Sequential(
         [
             keras.Input((28, 28, 1)),
-            layers.Conv2D(16, 3, activation="relu", name="t_conv1"),
-            layers.MaxPooling2D(name="t_pool1"),
-            layers.Conv2D(32, 3, activation="relu", name="t_conv2"),
-            layers.MaxPooling2D(name="t_pool2"),
+            layers.Conv2D(32, 3, strides=2, activation="relu", name="t_conv1"),
+            layers.Conv2D(64, 3, strides=2, activation="relu", name="t_conv2"),
             layers.Flatten(name="t_flatten"),
-            layers.Dense(64, activation="relu", name="t_dense"),
+            layers.Dense(128, activation="relu", name="t_dense"),
             layers.Dense(10, name="t_logits"),
         ],
         name="teacher",
@@ -219,9 +217,7 @@ def make_items(keras, keras_kd, teacher, student_weights, x, y, batch_size):
     core = keras.distillation.Distiller(
         teacher=teacher,
         student=student_copy(),
-        distillation_losses=keras.distillation.LogitsDistillation(
-            temperature=4.0, loss=keras.losses.KLDivergence()
-        ),
+        distillation_losses=keras.distillation.LogitsDistillation(temperature=4.0, loss=keras.losses.KLDivergence()),
         student_loss_weight=0.1,
     )
     core.compile(optimizer=optimizer(), loss=hard_loss())
@@ -253,43 +249,42 @@ def make_items(keras, keras_kd, teacher, student_weights, x, y, batch_size):
     }
 
 
-class StepWindow:
-    """Times steps `[start, start + steps)` of one `fit`/`predict` call, inside the call.
+def make_window_class(keras, sync):
+    """A callback class that times steps `[start, start + steps)` of one `fit`/`predict` call.
 
-    Marks the clock in `on_{train,predict}_batch_begin` of batches `start` and `start + steps`,
-    after waiting for all work dispatched so far (`sync`). Only `*_batch_begin` hooks are
-    overridden, so Keras keeps dispatching its own `*_batch_end` callbacks asynchronously
-    exactly as in a plain `fit`. Built lazily as a `keras.callbacks.Callback` subclass.
+    It reads the clock in `on_{train,predict}_batch_begin` of batches `start` and
+    `start + steps`, after waiting for all work dispatched so far (`sync`). Only `*_batch_begin`
+    hooks are overridden, so Keras keeps dispatching its own `*_batch_end` callbacks
+    asynchronously exactly as in a plain `fit`. (Defined here because `keras` is imported late.)
     """
 
-    @staticmethod
-    def make(keras, sync):
-        class _StepWindow(keras.callbacks.Callback):
-            def __init__(self, start, steps):
-                super().__init__()
-                self.start, self.stop = start, start + steps
-                self.t_start = self.t_stop = None
+    class StepWindow(keras.callbacks.Callback):
+        def __init__(self, start, steps):
+            super().__init__()
+            self.start, self.stop = start, start + steps
+            self.t_start = self.t_stop = None
+            self.cpu_start = self.cpu_stop = None
 
-            def _mark(self, batch):
-                if batch == self.start:
-                    sync(self.model)
-                    self.t_start = time.perf_counter()
-                elif batch == self.stop:
-                    sync(self.model)
-                    self.t_stop = time.perf_counter()
+        def _mark(self, batch):
+            if batch == self.start:
+                sync(self.model)
+                self.t_start, self.cpu_start = time.perf_counter(), time.process_time()
+            elif batch == self.stop:
+                sync(self.model)
+                self.t_stop, self.cpu_stop = time.perf_counter(), time.process_time()
 
-            def on_train_batch_begin(self, batch, logs=None):
-                self._mark(batch)
+        def on_train_batch_begin(self, batch, logs=None):
+            self._mark(batch)
 
-            def on_predict_batch_begin(self, batch, logs=None):
-                self._mark(batch)
+        def on_predict_batch_begin(self, batch, logs=None):
+            self._mark(batch)
 
-            def elapsed(self):
-                if self.t_start is None or self.t_stop is None:
-                    raise RuntimeError("the timing window was not reached; pass more steps")
-                return self.t_stop - self.t_start
+        def elapsed(self):
+            if self.t_start is None or self.t_stop is None:
+                raise RuntimeError("the timing window was not reached; pass more steps")
+            return self.t_stop - self.t_start, self.cpu_stop - self.cpu_start
 
-        return _StepWindow
+    return StepWindow
 
 
 def make_sync(backend):
@@ -297,19 +292,33 @@ def make_sync(backend):
 
     JAX dispatches jitted steps asynchronously: block on the state that the previous step
     returned (`model._jax_state`, which Keras sets after every step so that callbacks can read
-    it; every array in it is an output of the jitted step). TensorFlow's eager calls of a
-    `tf.function` and PyTorch's eager ops on CPU return only when done.
+    it; every array in it is an output of the jitted step). Keras stores it as a tracked
+    dict/list, which JAX does not treat as a pytree (`jax.block_until_ready` would return at
+    once), so its arrays are collected by hand. TensorFlow's eager calls of a `tf.function` and
+    PyTorch's eager ops on CPU return only when done.
     """
     if backend == "jax":
         import jax
 
         def sync(model):
-            state = getattr(model, "_jax_state", None)
-            if state is not None:
-                jax.block_until_ready(state)
+            arrays = list(_leaves(getattr(model, "_jax_state", None)))
+            if not arrays:
+                raise RuntimeError("no JAX state to wait for; the timing window would be wrong")
+            jax.block_until_ready(arrays)
 
         return sync
     return lambda model: None
+
+
+def _leaves(structure):
+    if isinstance(structure, dict):
+        for value in structure.values():
+            yield from _leaves(value)
+    elif isinstance(structure, (list, tuple)):
+        for value in structure:
+            yield from _leaves(value)
+    elif structure is not None:
+        yield structure
 
 
 def sample(window_cls, run, steps, skip_steps):
@@ -319,7 +328,12 @@ def sample(window_cls, run, steps, skip_steps):
     start = time.perf_counter()
     run(skip_steps + steps + 1, [window])
     call_s = time.perf_counter() - start
-    return {"ms_per_step": 1000.0 * window.elapsed() / steps, "call_s": call_s}
+    wall_s, cpu_s = window.elapsed()
+    return {
+        "ms_per_step": 1000.0 * wall_s / steps,
+        "cpu_ms_per_step": 1000.0 * cpu_s / steps,
+        "call_s": call_s,
+    }
 
 
 # Statistics.
@@ -343,10 +357,11 @@ def bootstrap_median(np, values, resamples, rng):
 
 
 def summarize(np, rounds, args):
-    rng = np.random.default_rng(args.seed)
     series = ratio_series(rounds)
     ratios = {}
     for name, values in series.items():
+        # The same seed for every ratio: all three are resampled with the same rounds.
+        rng = np.random.default_rng(args.seed)
         median, low, high = bootstrap_median(np, values, args.bootstrap, rng)
         ratios[name] = {"median": median, "ci95": [low, high], "per_round": values}
     items = {}
@@ -363,13 +378,17 @@ def summarize(np, rounds, args):
         median = ratios[name]["median"]
         low, high = ratios[name]["ci95"]
         if below_protocol:
-            verdict, reason = "INCONCLUSIVE", (
-                f"below protocol (rounds {args.rounds} < {PROTOCOL_MIN_ROUNDS} or "
-                f"steps {args.steps} < {PROTOCOL_MIN_STEPS})"
+            verdict, reason = (
+                "INCONCLUSIVE",
+                (
+                    f"below protocol ({args.rounds} rounds x {args.steps} steps; needs >= "
+                    f"{PROTOCOL_MIN_ROUNDS} x {PROTOCOL_MIN_STEPS})"
+                ),
             )
         elif not control_ok:
-            verdict, reason = "INCONCLUSIVE", (
-                f"control A'/A median {control:.3f} is off 1 by more than {CONTROL_TOLERANCE:.0%}"
+            verdict, reason = (
+                "INCONCLUSIVE",
+                (f"control A'/A median {control:.3f} is off 1 by more than {CONTROL_TOLERANCE:.0%}"),
             )
         elif median <= target:
             verdict = "PASS"
@@ -383,8 +402,10 @@ def summarize(np, rounds, args):
 
 def format_table(backend, summary, meta):
     lines = []
-    lines.append(f"== {backend}  ({meta['rounds']} rounds x {meta['steps']} steps, batch {meta['batch_size']}, "
-                 f"{meta['threads']} threads, device {meta['device']}) ==")
+    lines.append(
+        f"== {backend}  ({meta['rounds']} rounds x {meta['steps']} steps, batch {meta['batch_size']}, "
+        f"{meta['threads']} threads, device {meta['device']}) =="
+    )
     lines.append(f"{'item':40s} {'median ms/step':>15s} {'IQR':>17s}")
     for name in ITEMS:
         item = summary["items"][name]
@@ -436,7 +457,7 @@ def run_backend(args):
     items = make_items(keras, keras_kd, teacher, student_weights, x, y, args.batch_size)
 
     # Warm-up: traces/compiles every function both call lengths use, then untimed rounds.
-    window_cls = StepWindow.make(keras, make_sync(backend))
+    window_cls = make_window_class(keras, make_sync(backend))
     compile_start = time.perf_counter()
     for _, run in items.values():
         run(args.skip_steps + 2, [])
@@ -471,7 +492,7 @@ def run_backend(args):
     }
     result = {
         "benchmark": "step_overhead",
-        "created": datetime.datetime.now(datetime.timezone.utc).isoformat(timespec="seconds"),
+        "created": datetime.datetime.now(datetime.UTC).isoformat(timespec="seconds"),
         "config": meta,
         "method": (
             "ms/step = wall time from the start of batch skip_steps to the start of batch "

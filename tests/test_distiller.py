@@ -182,3 +182,22 @@ def test_mixed_precision_trains_with_float32_losses(policy):
         keras.config.set_dtype_policy("float32")
     assert np.isfinite(history.history["loss"]).all()
     assert history.history["soft_loss"][1] < history.history["soft_loss"][0]
+
+
+def test_student_learns_real_digits_from_the_teacher():
+    from keras_kd.datasets import load_mnist
+
+    (x_train, y_train), (x_test, y_test) = load_mnist()
+    x_train, y_train = x_train[:2000].reshape(-1, 784), y_train[:2000]
+    x_test, y_test = x_test[:1000].reshape(-1, 784), y_test[:1000]
+    teacher = dense_model(784, 10, hidden=128, name="teacher")
+    teacher.compile("adam", keras.losses.SparseCategoricalCrossentropy(from_logits=True), metrics=["accuracy"])
+    teacher.fit(x_train, y_train, epochs=5, batch_size=64, verbose=0)
+    student = dense_model(784, 10, hidden=16, name="student")
+    distiller = keras_kd.Distiller(teacher, student, temperature=4.0, alpha=0.1)
+    distiller.compile(optimizer="adam", metrics=["accuracy"])
+    before = distiller.evaluate(x_test, y_test, verbose=0, return_dict=True)
+    history = distiller.fit(x_train, y_train, epochs=10, batch_size=64, verbose=0)
+    after = distiller.evaluate(x_test, y_test, verbose=0, return_dict=True)
+    assert history.history["soft_loss"][-1] < 0.5 * history.history["soft_loss"][0]
+    assert before["accuracy"] < 0.3 and after["accuracy"] > 0.8

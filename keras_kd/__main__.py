@@ -1,0 +1,8 @@
+"""`python -m keras_kd ...` runs the `keras-kd` command (see `keras_kd.cli`)."""
+
+import sys
+
+from keras_kd.cli import main
+
+if __name__ == "__main__":
+    sys.exit(main())
