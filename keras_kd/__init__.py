@@ -1,8 +1,26 @@
-"""keras-kd: knowledge distillation for Keras 3 on TensorFlow, JAX and PyTorch."""
+"""keras-kd: knowledge distillation for Keras 3 on TensorFlow, JAX and PyTorch.
 
-from keras_kd import callbacks, losses
-from keras_kd.distiller import Distiller
+The public names load on first use, so that `import keras_kd` does not import
+Keras: the `keras-kd --backend` flag can still choose the backend.
+"""
+
+import importlib
 
 __version__ = "0.1.0"
 
+_PUBLIC = {"Distiller": "keras_kd.distiller", "callbacks": "keras_kd.callbacks", "losses": "keras_kd.losses"}
+
 __all__ = ["Distiller", "callbacks", "losses", "__version__"]
+
+
+def __getattr__(name):
+    if name not in _PUBLIC:
+        raise AttributeError(f"module 'keras_kd' has no attribute {name!r}")
+    module = importlib.import_module(_PUBLIC[name])
+    value = module if module.__name__.endswith(name) else getattr(module, name)
+    globals()[name] = value
+    return value
+
+
+def __dir__():
+    return sorted(__all__)

@@ -147,7 +147,8 @@ class Distiller(DistillationSteps, keras.Model):
 
     def _hard_loss(self, y, logits, sample_weight):
         if self._compile_loss is not None:
-            return ops.cast(self._compile_loss(y, logits, sample_weight), "float32")
+            value = self._compile_loss(y, logits, sample_weight)
+            return self.per_replica_value(ops.cast(value, "float32"))
         logits = ops.cast(logits, "float32")
         if checks.label_kind(y.shape, logits.shape) == "sparse":
             if len(y.shape) == len(logits.shape):

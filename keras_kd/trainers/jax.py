@@ -19,6 +19,9 @@ def _current_values(scope, variables, values):
 
 
 class DistillationSteps:
+    def per_replica_value(self, compiled_loss_value):
+        return compiled_loss_value
+
     def _model_scope(self, trainable_values, non_trainable_values):
         mapping = list(zip(self.trainable_variables, trainable_values))
         mapping += zip(self.non_trainable_variables, non_trainable_values)

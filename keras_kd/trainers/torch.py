@@ -5,6 +5,9 @@ from keras.utils import unpack_x_y_sample_weight
 
 
 class DistillationSteps:
+    def per_replica_value(self, compiled_loss_value):
+        return compiled_loss_value
+
     def train_step(self, data):
         x, y, sample_weight = unpack_x_y_sample_weight(data)
         with torch.no_grad():
