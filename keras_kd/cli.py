@@ -49,7 +49,6 @@ DEFAULTS = {
 }
 # --fast: tiny slices and one epoch, so that a test runs the whole command in seconds.
 FAST = {"epochs": 1, "teacher_epochs": 1, "labelled": 256, "teacher_images": 1024, "test_images": 1000}
-_REEXEC = "KERAS_KD_BACKEND_REEXEC"
 
 
 def build_teacher():
@@ -240,28 +239,26 @@ def _parser():
     return parser
 
 
-def _use_backend(backend, argv):
-    """Sets KERAS_BACKEND; if keras is already imported with another backend, re-executes."""
+def _use_backend(backend):
+    """Sets KERAS_BACKEND; refuses when keras is already imported with another backend.
+
+    `import keras_kd` does not import keras, so the console script and `python -m keras_kd`
+    always reach this point before keras loads.
+    """
     os.environ["KERAS_BACKEND"] = backend
     keras = sys.modules.get("keras")
-    # `import keras_kd` (which runs before this module) may already have imported keras.
-    if keras is None or keras.backend.backend() == backend:
-        return
-    if argv is not None or os.environ.get(_REEXEC):
+    if keras is not None and keras.backend.backend() != backend:
         raise RuntimeError(
             f"keras is already imported with backend {keras.backend.backend()!r}; set "
             f"KERAS_BACKEND={backend} before the first `import keras`."
         )
-    os.environ[_REEXEC] = "1"
-    os.execv(sys.executable, [sys.executable, "-m", "keras_kd", *sys.argv[1:]])
 
 
 def main(argv=None):
     """Entry point of the `keras-kd` console script and of `python -m keras_kd`."""
     args = _parser().parse_args(argv)
     if args.backend:
-        _use_backend(args.backend, argv)
-    os.environ.pop(_REEXEC, None)
+        _use_backend(args.backend)
     settings = {k: getattr(args, k) for k in ("epochs", "teacher_epochs", "labelled", "temperature", "alpha")}
     run_demo(seed=args.seed, data_dir=args.data_dir, fast=args.fast, out=args.out, **settings)
     return 0

@@ -67,5 +67,5 @@ def test_backend_switch_after_import_is_refused_in_process(monkeypatch):
     monkeypatch.setenv("KERAS_BACKEND", keras.backend.backend())
     other = next(b for b in cli.BACKENDS if b != keras.backend.backend())
     with pytest.raises(RuntimeError, match="before the first `import keras`"):
-        cli._use_backend(other, argv=["demo", "--backend", other])
-    cli._use_backend(keras.backend.backend(), argv=[])  # the current one is fine
+        cli._use_backend(other)
+    cli._use_backend(keras.backend.backend())  # the current one is fine
