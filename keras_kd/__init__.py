@@ -8,9 +8,18 @@ import importlib
 
 __version__ = "0.1.0"
 
-_PUBLIC = {"Distiller": "keras_kd.distiller", "callbacks": "keras_kd.callbacks", "losses": "keras_kd.losses"}
+_PUBLIC = {
+    "Distiller": "keras_kd.distiller",
+    "LayerPair": "keras_kd.pairs",
+    "Hint": "keras_kd.pairs",
+    "AttentionTransfer": "keras_kd.pairs",
+    "Relational": "keras_kd.pairs",
+    "CosineEmbedding": "keras_kd.pairs",
+    "callbacks": "keras_kd.callbacks",
+    "losses": "keras_kd.losses",
+}
 
-__all__ = ["Distiller", "callbacks", "losses", "__version__"]
+__all__ = [*_PUBLIC, "__version__"]
 
 
 def __getattr__(name):

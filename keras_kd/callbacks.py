@@ -93,3 +93,41 @@ class AlphaScheduler(_DistillerScheduler):
     """
 
     attribute = "alpha"
+
+
+class HintWarmup(_DistillerScheduler):
+    """FitNets' stage-wise training: the first `epochs` epochs train only on the hint terms.
+
+    While the warm-up runs, the loss is the sum of the distiller's `keras_kd.Hint`
+    terms, and the gradients of every student variable that the hinted layers do
+    not depend on are masked to zero, so only the student up to the hinted layers
+    and the hint regressors learn. From epoch `epochs` on, the full objective
+    trains every variable. Masking (instead of toggling `trainable`) keeps the
+    variable lists of compiled steps fixed. Models along the hinted path must be
+    Functional or Sequential, so that the graph tells which variables come first.
+
+    Logged as `hint_warmup` (1 during the warm-up, 0 after) at the end of every epoch.
+
+    Args:
+        epochs: number of warm-up epochs, an integer >= 0.
+        verbose: print each change.
+
+    Example:
+
+    >>> import keras_kd
+    >>> warmup = keras_kd.callbacks.HintWarmup(epochs=2)
+    """
+
+    attribute = "hint_warmup"
+
+    def __init__(self, epochs, verbose=0):
+        if isinstance(epochs, bool) or not isinstance(epochs, int) or epochs < 0:
+            raise ValueError(f"HintWarmup: epochs must be an integer >= 0, got {epochs!r}.")
+        self.epochs = epochs
+        super().__init__(lambda epoch: 1.0 if epoch < self.epochs else 0.0, verbose=verbose)
+
+    def on_train_begin(self, logs=None):
+        self._distiller().enable_hint_warmup_masks()
+
+    def on_train_end(self, logs=None):
+        self._distiller().hint_warmup = 0.0

@@ -10,6 +10,9 @@ from keras import ops
 from keras_kd import checks
 from keras_kd.losses import soft_target_kl
 from keras_kd.losses._reduction import weighted_mean
+from keras_kd.pair_bindings import BoundPairs
+from keras_kd.pairs import Hint
+from keras_kd.taps import capture
 from keras_kd.trainers import DistillationSteps
 
 
@@ -30,11 +33,23 @@ class Distiller(DistillationSteps, keras.Model):
     examples and, for `(batch, ..., classes)` outputs, over positions.
     Regularization losses of the student are added.
 
+    Each of `pairs` (`keras_kd.Hint`, `AttentionTransfer`, `Relational`,
+    `CosineEmbedding`, or a `keras_kd.LayerPair` with a loss of your own) adds
+    one term computed between a teacher layer's and a student layer's outputs.
+    Layers are named by path (`"block3"`, `"inner_model/dense_2"`,
+    `"backbone/transformer_layer_3"` in a KerasHub task) and their outputs are
+    captured during the models' own forward passes: each step still runs the
+    teacher once and the student once. Regressors (a `Hint` between layers of
+    different widths) are built here, train with the student, and stay out of
+    `distiller.student`.
+
     The teacher is frozen: it runs with `training=False`, outside the gradient
     computation, and its weights never change. `call`, `predict` and
     `evaluate`'s metrics use the student. `fit` and `evaluate` log `loss`,
     `hard_loss` (labelled batches only), `soft_loss` (the `T**2 * KL` value
-    before weighting) and the compiled metrics on the student's outputs.
+    before weighting), one entry per pair (`hint_loss`, `attention_loss`,
+    `relational_loss`, `cosine_loss`: the term's contribution to `loss`) and the
+    compiled metrics on the student's outputs.
 
     `temperature` and `alpha` are variables: set them between epochs
     (`distiller.temperature = 2.0`, or `keras_kd.callbacks.TemperatureScheduler`)
@@ -45,6 +60,7 @@ class Distiller(DistillationSteps, keras.Model):
         student: a `keras.Model` that returns logits of the teacher's shape.
         temperature: `T > 0` that softens both distributions.
         alpha: weight of the hard-label loss in `[0, 1]`.
+        pairs: layer pairs, each adding a feature term (see `keras_kd.pairs`).
         name: name of the model.
 
     Example:
@@ -60,7 +76,7 @@ class Distiller(DistillationSteps, keras.Model):
     ['accuracy', 'hard_loss', 'loss', 'soft_loss']
     """
 
-    def __init__(self, teacher, student, temperature=4.0, alpha=0.1, name="distiller", **kwargs):
+    def __init__(self, teacher, student, temperature=4.0, alpha=0.1, pairs=(), name="distiller", **kwargs):
         super().__init__(name=name, **kwargs)
         checks.check_model("teacher", teacher)
         checks.check_model("student", student)
@@ -76,10 +92,27 @@ class Distiller(DistillationSteps, keras.Model):
         self._alpha = self._scalar_variable("alpha", alpha)
         self.hard_loss_tracker = keras.metrics.Mean(name="hard_loss")
         self.soft_loss_tracker = keras.metrics.Mean(name="soft_loss")
+        self._bind_pairs(list(pairs))
         if student.built:
             # Built parts make a built distiller: BackupAndRestore and JAX's
             # stateless step need every variable before the first batch.
             self.built = True
+
+    def _bind_pairs(self, pairs):
+        if not isinstance(pairs, (list, tuple)):
+            raise TypeError(f"pairs must be a list of keras_kd.LayerPair objects, got {type(pairs).__name__}.")
+        self._bound_pairs = BoundPairs(pairs, self.teacher, self.student)
+        self.pairs = self._bound_pairs.pairs
+        self.pair_loss_trackers = [keras.metrics.Mean(name=name) for name in self._bound_pairs.log_names]
+        self._hint_warmup = None
+        self._warmup_variable_ids = None
+        if self._bound_pairs.hints():
+            self._hint_warmup = self._scalar_variable("hint_warmup", 0.0)
+
+    @property
+    def pair_log_names(self):
+        """The log entry of each pair's term, in the order of `pairs`."""
+        return list(self._bound_pairs.log_names)
 
     def _scalar_variable(self, name, value):
         return self.add_weight(
@@ -127,10 +160,24 @@ class Distiller(DistillationSteps, keras.Model):
         if self.optimizer is not None and self.built:
             self.optimizer.build(self.trainable_variables)
 
-    # The objective, shared by every backend's step.
+    # The forward passes and the objective, shared by every backend's step.
 
-    def compute_distillation_loss(self, y, student_logits, teacher_logits, sample_weight=None):
-        """Returns `(loss, terms)` for one batch; `terms` holds the unweighted parts."""
+    def teacher_forward(self, x):
+        """The teacher's logits and, per pair, its paired layers' outputs: one forward pass."""
+        with capture() as captured:
+            logits = self.teacher(x, training=False)
+        return logits, self._bound_pairs.features(captured, "teacher")
+
+    def student_forward(self, x, training):
+        """The student's logits and, per pair, its paired layers' outputs: one forward pass."""
+        with capture() as captured:
+            logits = self.student(x, training=training)
+        return logits, self._bound_pairs.features(captured, "student")
+
+    def compute_distillation_loss(
+        self, y, student_logits, teacher_logits, sample_weight=None, teacher_features=(), student_features=()
+    ):
+        """Returns `(loss, terms)` for one batch; `terms` holds the logged parts."""
         checks.check_output_shapes(teacher_logits.shape, student_logits.shape)
         soft = weighted_mean(soft_target_kl(teacher_logits, student_logits, self._temperature), sample_weight)
         terms = {"soft_loss": soft}
@@ -140,10 +187,66 @@ class Distiller(DistillationSteps, keras.Model):
             hard = self._hard_loss(y, student_logits, sample_weight)
             terms["hard_loss"] = hard
             loss = self._alpha * hard + (1.0 - self._alpha) * soft
+        hint_total = 0.0
+        for pair, name, t_features, s_features in zip(
+            self.pairs, self._bound_pairs.log_names, teacher_features, student_features
+        ):
+            value = pair.compute(t_features, s_features, sample_weight)
+            if pair.scaled_for_distribution:
+                value = self.per_replica_value(value)
+            terms[name] = value
+            loss = loss + value
+            if isinstance(pair, Hint):
+                hint_total = hint_total + value
         regularization = self.student.losses
         if regularization:
             loss = loss + ops.sum([ops.cast(ops.sum(r), "float32") for r in regularization])
+        if self._hint_warmup is not None:
+            # FitNets stage 1 (HintWarmup): the hint terms alone while the flag is 1.
+            loss = self._hint_warmup * hint_total + (1.0 - self._hint_warmup) * loss
         return loss, terms
+
+    def mask_gradients(self, gradients):
+        """During a hint warm-up, zeroes the gradients of variables past the hinted layers."""
+        if self._warmup_variable_ids is None:
+            return gradients
+        keep = 1.0 - self._hint_warmup
+        return [
+            g if g is None or id(v) in self._warmup_variable_ids else g * ops.cast(keep, g.dtype)
+            for g, v in zip(gradients, self.trainable_variables)
+        ]
+
+    @property
+    def hint_warmup(self):
+        """1.0 while FitNets' hint warm-up runs (see `keras_kd.callbacks.HintWarmup`), else 0.0."""
+        return 0.0 if self._hint_warmup is None else float(ops.convert_to_numpy(self._hint_warmup))
+
+    @hint_warmup.setter
+    def hint_warmup(self, value):
+        if self._hint_warmup is None:
+            raise ValueError(
+                "This distiller has no keras_kd.Hint pair, so there is no hint warm-up. Add a Hint to `pairs`."
+            )
+        if value not in (0, 1, 0.0, 1.0, True, False):
+            raise ValueError(f"hint_warmup is 1 (warm-up) or 0 (full distillation), got {value!r}.")
+        self._hint_warmup.assign(float(value))
+
+    def enable_hint_warmup_masks(self):
+        """Prepares the gradient masks of the hint warm-up; called by `HintWarmup` before training.
+
+        Raises when a model along a hinted path has no graph (subclassed), since
+        then the variables past the hinted layer cannot be told apart.
+        """
+        if self._hint_warmup is None:
+            raise ValueError(
+                "HintWarmup needs a keras_kd.Hint in the distiller's pairs; this distiller has "
+                f"{[type(p).__name__ for p in self.pairs] or 'no pairs'}."
+            )
+        if self._warmup_variable_ids is None:
+            ids = {id(v) for v in self._bound_pairs.warmup_variables(self.student)}
+            self._warmup_variable_ids = ids
+            # A step traced before the masks existed would not mask: trace again.
+            self.make_train_function(force=True)
 
     def _hard_loss(self, y, logits, sample_weight):
         if self._compile_loss is not None:
@@ -163,11 +266,17 @@ class Distiller(DistillationSteps, keras.Model):
         batch_size = ops.shape(keras.tree.flatten(x)[0])[0]
         self._loss_tracker.update_state(loss, sample_weight=batch_size)
         self.soft_loss_tracker.update_state(terms["soft_loss"], sample_weight=batch_size)
+        self._update_pair_trackers(terms, batch_size)
         if y is None:
             # Without labels only the label-free numbers mean anything.
-            return {m.name: m.result() for m in (self._loss_tracker, self.soft_loss_tracker)}
+            trackers = [self._loss_tracker, self.soft_loss_tracker, *self.pair_loss_trackers]
+            return {m.name: m.result() for m in trackers}
         self.hard_loss_tracker.update_state(terms["hard_loss"], sample_weight=batch_size)
         return self.compute_metrics(x, y, student_logits, sample_weight)
+
+    def _update_pair_trackers(self, terms, batch_size):
+        for tracker in self.pair_loss_trackers:
+            tracker.update_state(terms[tracker.name], sample_weight=batch_size)
 
     # Serialization.
 
@@ -178,6 +287,7 @@ class Distiller(DistillationSteps, keras.Model):
             "student": _serialize_uncompiled(self.student),
             "temperature": self.temperature,
             "alpha": self.alpha,
+            "pairs": [keras.saving.serialize_keras_object(pair) for pair in self.pairs],
         }
 
     @classmethod
@@ -185,6 +295,7 @@ class Distiller(DistillationSteps, keras.Model):
         config = dict(config)
         for key in ("teacher", "student"):
             config[key] = keras.saving.deserialize_keras_object(config[key])
+        config["pairs"] = [keras.saving.deserialize_keras_object(pair) for pair in config.get("pairs", [])]
         return cls(**config)
 
 

@@ -1,4 +1,4 @@
-"""Gradient of a scalar function of one array, on whichever backend Keras runs."""
+"""Gradients for loss tests: on whichever backend Keras runs, and a float64 NumPy reference."""
 
 import keras
 import numpy as np
@@ -23,3 +23,15 @@ def gradient(fn, value):
     tensor = torch.tensor(value, requires_grad=True)
     fn(tensor).backward()
     return tensor.grad.numpy()
+
+
+def numeric_gradient(fn, x, h=1e-6):
+    """Central finite differences of a float64 NumPy function."""
+    x = np.asarray(x, np.float64)
+    grad = np.zeros_like(x)
+    for index in np.ndindex(x.shape):
+        up, down = x.copy(), x.copy()
+        up[index] += h
+        down[index] -= h
+        grad[index] = (fn(up) - fn(down)) / (2 * h)
+    return grad

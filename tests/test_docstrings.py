@@ -5,7 +5,14 @@ import importlib
 
 import pytest
 
-MODULES = ["keras_kd.distiller", "keras_kd.losses.logits", "keras_kd.callbacks"]
+MODULES = [
+    "keras_kd.distiller",
+    "keras_kd.losses.logits",
+    "keras_kd.losses.features",
+    "keras_kd.losses.attention",
+    "keras_kd.losses.relational",
+    "keras_kd.callbacks",
+]
 
 
 @pytest.mark.parametrize("name", MODULES)

@@ -27,14 +27,18 @@ class DistillationSteps:
         mapping += zip(self.non_trainable_variables, non_trainable_values)
         return StatelessScope(state_mapping=mapping, collect_losses=True)
 
-    def _teacher_logits(self, trainable_values, non_trainable_values, x):
-        with self._model_scope(trainable_values, non_trainable_values):
-            return jax.lax.stop_gradient(self.teacher(x, training=False))
-
-    def _student_loss(self, trainable_values, non_trainable_values, x, y, sample_weight, teacher_logits, training):
+    def _teacher_outputs(self, trainable_values, non_trainable_values, x):
         with self._model_scope(trainable_values, non_trainable_values) as scope:
-            student_logits = self.student(x, training=training)
-            loss, terms = self.compute_distillation_loss(y, student_logits, teacher_logits, sample_weight)
+            outputs = jax.lax.stop_gradient(self.teacher_forward(x))
+        return outputs, _current_values(scope, self.non_trainable_variables, non_trainable_values)
+
+    def _student_loss(self, trainable_values, non_trainable_values, x, y, sample_weight, teacher_outputs, training):
+        teacher_logits, teacher_features = teacher_outputs
+        with self._model_scope(trainable_values, non_trainable_values) as scope:
+            student_logits, student_features = self.student_forward(x, training=training)
+            loss, terms = self.compute_distillation_loss(
+                y, student_logits, teacher_logits, sample_weight, teacher_features, student_features
+            )
         non_trainable_values = _current_values(scope, self.non_trainable_variables, non_trainable_values)
         return loss, (terms, student_logits, non_trainable_values)
 
@@ -53,11 +57,13 @@ class DistillationSteps:
     def train_step(self, state, data):
         trainable_values, non_trainable_values, optimizer_values, metrics_values = state
         x, y, sample_weight = unpack_x_y_sample_weight(data)
-        teacher_logits = self._teacher_logits(trainable_values, non_trainable_values, x)
+        teacher_outputs, non_trainable_values = self._teacher_outputs(trainable_values, non_trainable_values, x)
         grad_fn = jax.value_and_grad(self._scaled_student_loss, has_aux=True)
         (_, (loss, (terms, student_logits, non_trainable_values))), gradients = grad_fn(
-            trainable_values, non_trainable_values, optimizer_values, x, y, sample_weight, teacher_logits
+            trainable_values, non_trainable_values, optimizer_values, x, y, sample_weight, teacher_outputs
         )
+        with self._model_scope(trainable_values, non_trainable_values):
+            gradients = self.mask_gradients(gradients)
         trainable_values, optimizer_values = self.optimizer.stateless_apply(
             optimizer_values, gradients, trainable_values
         )
@@ -67,9 +73,9 @@ class DistillationSteps:
     def test_step(self, state, data):
         trainable_values, non_trainable_values, metrics_values = state
         x, y, sample_weight = unpack_x_y_sample_weight(data)
-        teacher_logits = self._teacher_logits(trainable_values, non_trainable_values, x)
+        teacher_outputs, non_trainable_values = self._teacher_outputs(trainable_values, non_trainable_values, x)
         loss, (terms, student_logits, non_trainable_values) = self._student_loss(
-            trainable_values, non_trainable_values, x, y, sample_weight, teacher_logits, training=False
+            trainable_values, non_trainable_values, x, y, sample_weight, teacher_outputs, training=False
         )
         logs, metrics_values = self._metrics_update(metrics_values, loss, terms, x, y, student_logits, sample_weight)
         return logs, (trainable_values, non_trainable_values, metrics_values)

@@ -20,19 +20,23 @@ class DistillationSteps:
 
     def train_step(self, data):
         x, y, sample_weight = unpack_x_y_sample_weight(data)
-        teacher_logits = tf.stop_gradient(self.teacher(x, training=False))
+        teacher_logits, teacher_features = tf.nest.map_structure(tf.stop_gradient, self.teacher_forward(x))
         with tf.GradientTape() as tape:
-            student_logits = self.student(x, training=True)
-            loss, terms = self.compute_distillation_loss(y, student_logits, teacher_logits, sample_weight)
+            student_logits, student_features = self.student_forward(x, training=True)
+            loss, terms = self.compute_distillation_loss(
+                y, student_logits, teacher_logits, sample_weight, teacher_features, student_features
+            )
             scaled_loss = self.optimizer.scale_loss(loss / self._replicas())
         variables = self.trainable_variables
-        gradients = tape.gradient(scaled_loss, variables)
+        gradients = self.mask_gradients(tape.gradient(scaled_loss, variables))
         self.optimizer.apply_gradients(zip(gradients, variables))
         return self.update_distillation_metrics(loss, terms, x, y, student_logits, sample_weight)
 
     def test_step(self, data):
         x, y, sample_weight = unpack_x_y_sample_weight(data)
-        teacher_logits = self.teacher(x, training=False)
-        student_logits = self.student(x, training=False)
-        loss, terms = self.compute_distillation_loss(y, student_logits, teacher_logits, sample_weight)
+        teacher_logits, teacher_features = self.teacher_forward(x)
+        student_logits, student_features = self.student_forward(x, training=False)
+        loss, terms = self.compute_distillation_loss(
+            y, student_logits, teacher_logits, sample_weight, teacher_features, student_features
+        )
         return self.update_distillation_metrics(loss, terms, x, y, student_logits, sample_weight)

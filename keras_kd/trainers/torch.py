@@ -11,13 +11,15 @@ class DistillationSteps:
     def train_step(self, data):
         x, y, sample_weight = unpack_x_y_sample_weight(data)
         with torch.no_grad():
-            teacher_logits = self.teacher(x, training=False)
+            teacher_logits, teacher_features = self.teacher_forward(x)
         self.zero_grad()
-        student_logits = self.student(x, training=True)
-        loss, terms = self.compute_distillation_loss(y, student_logits, teacher_logits, sample_weight)
+        student_logits, student_features = self.student_forward(x, training=True)
+        loss, terms = self.compute_distillation_loss(
+            y, student_logits, teacher_logits, sample_weight, teacher_features, student_features
+        )
         self.optimizer.scale_loss(loss).backward()
         variables = self.trainable_variables
-        gradients = [v.value.grad for v in variables]
+        gradients = self.mask_gradients([v.value.grad for v in variables])
         with torch.no_grad():
             self.optimizer.apply(gradients, variables)
         terms = {name: value.detach() for name, value in terms.items()}
@@ -26,7 +28,9 @@ class DistillationSteps:
     def test_step(self, data):
         x, y, sample_weight = unpack_x_y_sample_weight(data)
         with torch.no_grad():
-            teacher_logits = self.teacher(x, training=False)
-            student_logits = self.student(x, training=False)
-            loss, terms = self.compute_distillation_loss(y, student_logits, teacher_logits, sample_weight)
+            teacher_logits, teacher_features = self.teacher_forward(x)
+            student_logits, student_features = self.student_forward(x, training=False)
+            loss, terms = self.compute_distillation_loss(
+                y, student_logits, teacher_logits, sample_weight, teacher_features, student_features
+            )
         return self.update_distillation_metrics(loss, terms, x, y, student_logits, sample_weight)

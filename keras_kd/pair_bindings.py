@@ -1,0 +1,89 @@
+"""Connecting layer pairs to a teacher and a student: find the layers, tap them, bind the pairs.
+
+Everything here happens once, when the distiller is constructed, so that a bad
+path or an irreconcilable shape fails before training, and so that regressors
+exist before the first compiled step.
+"""
+
+from collections import Counter
+
+from keras_kd import layer_paths
+from keras_kd.pairs import Hint, LayerPair
+from keras_kd.taps import captured_output, install_tap
+
+
+def log_names(pairs):
+    """`<kind>_loss` per pair, numbered `_1`, `_2`, ... for a kind that appears more than once."""
+    counts = Counter(pair.log_kind for pair in pairs)
+    seen = Counter()
+    names = []
+    for pair in pairs:
+        seen[pair.log_kind] += 1
+        suffix = f"_{seen[pair.log_kind]}" if counts[pair.log_kind] > 1 else ""
+        names.append(f"{pair.log_kind}_loss{suffix}")
+    return names
+
+
+class BoundPairs:
+    """The pairs of one distiller, with the teacher and student layers they read."""
+
+    def __init__(self, pairs, teacher, student):
+        for pair in pairs:
+            if not isinstance(pair, LayerPair):
+                raise TypeError(
+                    f"pairs must hold keras_kd.LayerPair objects (Hint, AttentionTransfer, Relational, "
+                    f"CosineEmbedding, or LayerPair(teacher_layer, student_layer, loss)); got {pair!r}."
+                )
+        self.pairs = list(pairs)
+        self.log_names = log_names(self.pairs)
+        self.teacher_layers = [[layer_paths.resolve(teacher, t, "teacher") for t, _ in p.layer_pairs] for p in pairs]
+        self.student_layers = [[layer_paths.resolve(student, s, "student") for _, s in p.layer_pairs] for p in pairs]
+        teacher_shapes = self._shapes(teacher, self.teacher_layers, "teacher")
+        student_shapes = self._shapes(student, self.student_layers, "student")
+        for layers in self.teacher_layers + self.student_layers:
+            for layer in layers:
+                install_tap(layer)
+        for pair, t_shapes, s_shapes in zip(self.pairs, teacher_shapes, student_shapes):
+            pair.bind(t_shapes, s_shapes)
+
+    def _shapes(self, model, layers_per_pair, role):
+        flat = [layer for layers in layers_per_pair for layer in layers]
+        shapes = iter(layer_paths.output_shapes(model, flat, role) if flat else [])
+        result = []
+        for pair, layers in zip(self.pairs, layers_per_pair):
+            pair_shapes = []
+            for index, _ in enumerate(layers):
+                shape = next(shapes)
+                if shape and shape[0] == "multiple outputs":
+                    path = pair.layer_pairs[index][0 if role == "teacher" else 1]
+                    raise ValueError(
+                        f"{pair.describe(index)}: the {role} layer {path!r} has several outputs {shape[1]}. Pair a "
+                        "layer with a single tensor output."
+                    )
+                pair_shapes.append(shape)
+            result.append(pair_shapes)
+        return result
+
+    def features(self, captured, role):
+        """Per pair, the captured outputs of its layers in `role`'s forward pass."""
+        layers_per_pair = self.teacher_layers if role == "teacher" else self.student_layers
+        column = 0 if role == "teacher" else 1
+        return [
+            [
+                captured_output(captured, layer, pair.layer_pairs[index][column], role)
+                for index, layer in enumerate(layers)
+            ]
+            for pair, layers in zip(self.pairs, layers_per_pair)
+        ]
+
+    def hints(self):
+        return [(pair, layers) for pair, layers in zip(self.pairs, self.student_layers) if isinstance(pair, Hint)]
+
+    def warmup_variables(self, student):
+        """What FitNets' warm-up trains: the student up to each hinted layer, and the hint regressors."""
+        variables = []
+        for pair, _ in self.hints():
+            variables += layer_paths.upstream_variables(student, pair.layer_pairs[0][1])
+            for regressor in pair.regressors():
+                variables += regressor.trainable_variables
+        return variables

@@ -1,0 +1,374 @@
+"""Layer pairs: each names a teacher layer and a student layer and adds one term to the loss.
+
+A pair is a `keras.layers.Layer` only so that the distiller tracks, trains and
+saves what it owns (a `Hint`'s regressor) and serializes it with its config; it
+is never called on data. The distiller resolves the layer paths, taps the
+layers, and calls `bind(teacher_shapes, student_shapes)` once at construction,
+then `compute(teacher_features, student_features, sample_weight)` every step
+with the outputs captured during the one forward pass of each model.
+
+Each term's log entry is its contribution to the total loss (its weights
+included), named `<kind>_loss`; a kind used more than once is numbered
+(`hint_loss_1`, `hint_loss_2`). A pair given a `name` logs `<name>_loss`.
+"""
+
+import inspect
+import math
+
+import keras
+from keras import ops
+
+from keras_kd.losses import (
+    attention_transfer_loss,
+    cosine_embedding_loss,
+    hint_loss,
+    rkd_angle_loss,
+    rkd_distance_loss,
+)
+from keras_kd.losses._reduction import weighted_mean
+from keras_kd.regressors import make_regressor
+
+
+def _check_weight(name, value, owner):
+    if isinstance(value, bool) or not isinstance(value, (int, float)) or not math.isfinite(value) or value < 0:
+        raise ValueError(f"{owner}: {name} must be a finite number >= 0, got {value!r}.")
+    return float(value)
+
+
+def _check_path(value, role, owner):
+    if not isinstance(value, str) or not value:
+        raise ValueError(
+            f"{owner}: the {role} layer must be a layer name or a path like 'inner_model/dense_2'; got {value!r}."
+        )
+    return value
+
+
+@keras.saving.register_keras_serializable(package="keras_kd")
+class LayerPair(keras.layers.Layer):
+    """One loss term between a teacher layer's output and a student layer's output.
+
+    `loss(teacher_features, student_features[, sample_weight])` returns a
+    scalar or per-example (per-position) values; values are averaged with the
+    batch's sample weights. A `keras.losses.Loss` instance, a registered
+    function or a loss name (`"mse"`, `"cosine_similarity"`, ...) all work.
+    The term is `weight * loss(...)`.
+
+    Example:
+
+    >>> import keras, keras_kd
+    >>> teacher = keras.Sequential([keras.Input((4,)), keras.layers.Dense(8, name="features"),
+    ...                             keras.layers.Dense(3)])
+    >>> student = keras.Sequential([keras.Input((4,)), keras.layers.Dense(8, name="features"),
+    ...                             keras.layers.Dense(3)])
+    >>> pair = keras_kd.LayerPair("features", "features", loss="mean_absolute_error", weight=0.5,
+    ...                           name="l1")
+    >>> distiller = keras_kd.Distiller(teacher, student, pairs=[pair])
+    >>> distiller.pair_log_names
+    ['l1_loss']
+    """
+
+    kind = "pair"
+
+    def __init__(self, teacher_layer, student_layer, loss=None, weight=1.0, name=None, **kwargs):
+        super().__init__(name=name, **kwargs)
+        owner = type(self).__name__
+        self.layer_pairs = [
+            (_check_path(teacher_layer, "teacher", owner), _check_path(student_layer, "student", owner))
+        ]
+        self.weight = _check_weight("weight", weight, owner)
+        self.log_kind = name or self.kind
+        self.loss = loss
+        if type(self) is LayerPair:
+            if loss is None:
+                raise ValueError(
+                    "LayerPair needs a loss: a callable (teacher_features, student_features[, sample_weight]), a "
+                    "keras.losses.Loss or a loss name. Or use Hint, AttentionTransfer, Relational, CosineEmbedding."
+                )
+            self._loss_fn = keras.losses.get(loss) if isinstance(loss, (str, dict)) else loss
+            if not callable(self._loss_fn):
+                raise ValueError(f"LayerPair: loss must be callable or a loss name, got {loss!r}.")
+            self._takes_weight = _accepts_sample_weight(self._loss_fn)
+
+    @property
+    def scaled_for_distribution(self):
+        """True when the loss divides by the replica count itself (Keras `Loss` objects do)."""
+        return type(self) is LayerPair and isinstance(self._loss_fn, keras.losses.Loss)
+
+    def describe(self, index=0):
+        teacher_path, student_path = self.layer_pairs[index]
+        return f"{type(self).__name__}(teacher {teacher_path!r}, student {student_path!r})"
+
+    def bind(self, teacher_shapes, student_shapes):
+        """Checks the paired outputs' shapes (batch axis first) and builds what the term needs."""
+        self.built = True
+
+    def regressors(self):
+        """Layers this pair trains along with the student."""
+        return []
+
+    def compute(self, teacher_features, student_features, sample_weight=None):
+        """The term's contribution to the loss; `*_features` hold one tensor per layer pair."""
+        (teacher,), (student,) = teacher_features, student_features
+        if self._takes_weight:
+            value = self._loss_fn(teacher, student, sample_weight=sample_weight)
+        else:
+            value = self._loss_fn(teacher, student)
+            if sample_weight is not None and len(ops.shape(value)) == 0:
+                raise ValueError(
+                    f"{self.describe()}: the batch has sample weights but the loss {self.loss!r} returns a scalar "
+                    "and takes no sample_weight argument. Give it a sample_weight argument or return one value "
+                    "per example."
+                )
+        if len(ops.shape(value)):
+            value = weighted_mean(value, sample_weight)
+        return self.weight * ops.cast(value, "float32")
+
+    def get_config(self):
+        config = super().get_config()
+        teacher_path, student_path = self.layer_pairs[0]
+        config.update(teacher_layer=teacher_path, student_layer=student_path, weight=self.weight)
+        if type(self) is LayerPair:
+            config["loss"] = keras.saving.serialize_keras_object(self.loss)
+        config["name"] = self.log_kind if self.log_kind != self.kind else None
+        return config
+
+    @classmethod
+    def from_config(cls, config):
+        config = dict(config)
+        if "loss" in config and not isinstance(config["loss"], str):
+            config["loss"] = keras.saving.deserialize_keras_object(config["loss"])
+        return cls(**{k: v for k, v in config.items() if k not in ("trainable", "dtype")})
+
+
+def _accepts_sample_weight(fn):
+    if isinstance(fn, keras.losses.Loss):
+        return True
+    try:
+        parameters = inspect.signature(fn).parameters
+    except (TypeError, ValueError):
+        return False
+    return "sample_weight" in parameters or any(p.kind == p.VAR_KEYWORD for p in parameters.values())
+
+
+@keras.saving.register_keras_serializable(package="keras_kd")
+class Hint(LayerPair):
+    """FitNets hint (Romero et al. 2015): `weight * MSE(teacher, regressor(student))`.
+
+    The regressor maps the student's output to the teacher's shape. With
+    `regressor="auto"` it is built when the shapes differ (`Dense` for vectors
+    and sequences, a convolution for feature maps, see `keras_kd.regressors`);
+    pass a `keras.layers.Layer` to choose it, or `None` to require equal shapes.
+    It trains with the student and is not part of `distiller.student`.
+
+    Example:
+
+    >>> import keras, keras_kd
+    >>> teacher = keras.Sequential([keras.Input((4,)), keras.layers.Dense(16, name="hidden"),
+    ...                             keras.layers.Dense(3)])
+    >>> student = keras.Sequential([keras.Input((4,)), keras.layers.Dense(4, name="hidden"),
+    ...                             keras.layers.Dense(3)])
+    >>> distiller = keras_kd.Distiller(teacher, student, pairs=[keras_kd.Hint("hidden", "hidden")])
+    >>> distiller.pairs[0].regressor.units
+    16
+    """
+
+    kind = "hint"
+
+    def __init__(self, teacher_layer, student_layer, weight=1.0, regressor="auto", name=None, **kwargs):
+        super().__init__(teacher_layer, student_layer, weight=weight, name=name, **kwargs)
+        if not (regressor is None or regressor == "auto" or isinstance(regressor, keras.layers.Layer)):
+            raise ValueError(f"{self.describe()}: regressor must be 'auto', None or a keras layer; got {regressor!r}.")
+        self._regressor_spec = regressor
+        self.regressor = regressor if isinstance(regressor, keras.layers.Layer) else None
+
+    def bind(self, teacher_shapes, student_shapes):
+        (teacher_shape,), (student_shape,) = teacher_shapes, student_shapes
+        self.regressor = make_regressor(
+            teacher_shape, student_shape, self._regressor_spec, self.describe(), name=f"{self.name}_regressor"
+        )
+        self.built = True
+
+    def regressors(self):
+        return [self.regressor] if self.regressor is not None else []
+
+    def compute(self, teacher_features, student_features, sample_weight=None):
+        (teacher,), (student,) = teacher_features, student_features
+        if self.regressor is not None:
+            student = self.regressor(student)
+        return self.weight * hint_loss(teacher, student, sample_weight=sample_weight)
+
+    def get_config(self):
+        config = super().get_config()
+        spec = self._regressor_spec
+        config["regressor"] = (
+            keras.saving.serialize_keras_object(spec) if isinstance(spec, keras.layers.Layer) else spec
+        )
+        return config
+
+    @classmethod
+    def from_config(cls, config):
+        config = dict(config)
+        if isinstance(config.get("regressor"), dict):
+            config["regressor"] = keras.saving.deserialize_keras_object(config["regressor"])
+        return super().from_config(config)
+
+
+@keras.saving.register_keras_serializable(package="keras_kd")
+class AttentionTransfer(LayerPair):
+    """Attention transfer (Zagoruyko & Komodakis 2017) over one or more pairs of feature maps.
+
+    `weight / 2 * sum_j attention_transfer_loss(t_j, s_j, p)`, the paper's
+    `beta / 2` form with `beta = 1000` by default. The maps average `|A|**p`
+    over channels, so teacher and student may have different channel counts;
+    spatial sizes may differ by an integer factor (the larger map is pooled).
+
+    Example:
+
+    >>> import keras, keras_kd
+    >>> def cnn(filters):
+    ...     return keras.Sequential([keras.Input((8, 8, 1)),
+    ...         keras.layers.Conv2D(filters, 3, padding="same", name="block1"),
+    ...         keras.layers.Flatten(), keras.layers.Dense(3)])
+    >>> pair = keras_kd.AttentionTransfer("block1", "block1")
+    >>> keras_kd.Distiller(cnn(16), cnn(4), pairs=[pair]).pair_log_names
+    ['attention_loss']
+    """
+
+    kind = "attention"
+
+    def __init__(self, teacher_layer, student_layer=None, weight=1000.0, p=2, name=None, **kwargs):
+        if isinstance(teacher_layer, (list, tuple)) and student_layer is None:
+            layer_pairs = [tuple(pair) for pair in teacher_layer]
+            if not layer_pairs or any(len(pair) != 2 for pair in layer_pairs):
+                raise ValueError(
+                    "AttentionTransfer takes (teacher_layer, student_layer) or a non-empty list of "
+                    f"(teacher_layer, student_layer) tuples; got {teacher_layer!r}."
+                )
+        else:
+            layer_pairs = [(teacher_layer, student_layer)]
+        super().__init__(*layer_pairs[0], weight=weight, name=name, **kwargs)
+        self.layer_pairs = [
+            (_check_path(t, "teacher", "AttentionTransfer"), _check_path(s, "student", "AttentionTransfer"))
+            for t, s in layer_pairs
+        ]
+        self.p = _check_weight("p", p, "AttentionTransfer")
+        if self.p <= 0:
+            raise ValueError(f"AttentionTransfer: p must be > 0, got {p!r}.")
+
+    def bind(self, teacher_shapes, student_shapes):
+        for index, (teacher_shape, student_shape) in enumerate(zip(teacher_shapes, student_shapes)):
+            for role, shape in (("teacher", teacher_shape), ("student", student_shape)):
+                if len(shape) < 3:
+                    raise ValueError(
+                        f"{self.describe(index)}: attention transfer needs feature maps of rank >= 3 "
+                        f"(batch, ..., channels), but the {role}'s output is {tuple(shape)}. Pair convolutional "
+                        "layers, or use Hint or Relational for vectors."
+                    )
+            if len(teacher_shape) != len(student_shape):
+                raise ValueError(
+                    f"{self.describe(index)}: the teacher's map {tuple(teacher_shape)} and the student's "
+                    f"{tuple(student_shape)} have different ranks. Pair maps with the same spatial axes."
+                )
+            for t_size, s_size in zip(teacher_shape[1:-1], student_shape[1:-1]):
+                if None in (t_size, s_size):
+                    continue
+                if max(t_size, s_size) % min(t_size, s_size):
+                    raise ValueError(
+                        f"{self.describe(index)}: the spatial sizes of the teacher's map {tuple(teacher_shape)} and "
+                        f"the student's {tuple(student_shape)} differ by a non-integer factor, so one cannot be "
+                        "pooled onto the other. Pair maps whose sizes divide."
+                    )
+        self.built = True
+
+    def compute(self, teacher_features, student_features, sample_weight=None):
+        total = 0.0
+        for teacher, student in zip(teacher_features, student_features):
+            total = total + attention_transfer_loss(teacher, student, p=self.p, sample_weight=sample_weight)
+        return (self.weight / 2.0) * total
+
+    def get_config(self):
+        config = super().get_config()
+        del config["student_layer"]
+        config["teacher_layer"] = [list(pair) for pair in self.layer_pairs]
+        config["p"] = self.p
+        return config
+
+
+@keras.saving.register_keras_serializable(package="keras_kd")
+class Relational(LayerPair):
+    """Relational KD (Park et al. 2019): `distance_weight * RKD-D + angle_weight * RKD-A`.
+
+    Compares how examples of a batch relate (normalised pairwise distances,
+    angles of triplets) in the teacher's and the student's embeddings, so the
+    widths may differ. The angle term costs O(batch**3 * width); set
+    `angle_weight=0` to skip it. Needs batches of at least 2 examples (3 for angles).
+
+    Example:
+
+    >>> import keras, keras_kd
+    >>> def mlp(width):
+    ...     return keras.Sequential([keras.Input((4,)), keras.layers.Dense(width, name="embedding"),
+    ...                              keras.layers.Dense(3)])
+    >>> keras_kd.Distiller(mlp(32), mlp(8), pairs=[keras_kd.Relational("embedding", "embedding")]).pair_log_names
+    ['relational_loss']
+    """
+
+    kind = "relational"
+
+    def __init__(self, teacher_layer, student_layer, distance_weight=25.0, angle_weight=50.0, name=None, **kwargs):
+        kwargs.pop("weight", None)
+        super().__init__(teacher_layer, student_layer, weight=1.0, name=name, **kwargs)
+        self.distance_weight = _check_weight("distance_weight", distance_weight, "Relational")
+        self.angle_weight = _check_weight("angle_weight", angle_weight, "Relational")
+        if self.distance_weight == 0 and self.angle_weight == 0:
+            raise ValueError("Relational: distance_weight and angle_weight are both 0, so the term would be 0.")
+
+    def compute(self, teacher_features, student_features, sample_weight=None):
+        (teacher,), (student,) = teacher_features, student_features
+        total = 0.0
+        if self.distance_weight:
+            total = total + self.distance_weight * rkd_distance_loss(teacher, student, sample_weight=sample_weight)
+        if self.angle_weight:
+            total = total + self.angle_weight * rkd_angle_loss(teacher, student, sample_weight=sample_weight)
+        return total
+
+    def get_config(self):
+        config = super().get_config()
+        del config["weight"]
+        config.update(distance_weight=self.distance_weight, angle_weight=self.angle_weight)
+        return config
+
+
+@keras.saving.register_keras_serializable(package="keras_kd")
+class CosineEmbedding(LayerPair):
+    """DistilBERT's hidden-state term: `weight * mean(1 - cos(h_t, h_s))` over positions.
+
+    Padding positions (a KerasHub padding mask, which arrives as the sample
+    weight) are left out of the mean. The two hidden states must have the same
+    shape; for different widths use `Hint`, which learns a projection.
+
+    Example:
+
+    >>> import keras, keras_kd
+    >>> def mlp():
+    ...     return keras.Sequential([keras.Input((4,)), keras.layers.Dense(8, name="hidden"),
+    ...                              keras.layers.Dense(3)])
+    >>> keras_kd.Distiller(mlp(), mlp(), pairs=[keras_kd.CosineEmbedding("hidden", "hidden")]).pair_log_names
+    ['cosine_loss']
+    """
+
+    kind = "cosine"
+
+    def bind(self, teacher_shapes, student_shapes):
+        (teacher_shape,), (student_shape,) = teacher_shapes, student_shapes
+        if tuple(teacher_shape[1:]) != tuple(student_shape[1:]):
+            raise ValueError(
+                f"{self.describe()}: the cosine term compares hidden states of equal shape, but the teacher's is "
+                f"{tuple(teacher_shape)} and the student's {tuple(student_shape)}. Pair layers of the same width, "
+                "or use Hint, which learns a projection."
+            )
+        self.built = True
+
+    def compute(self, teacher_features, student_features, sample_weight=None):
+        (teacher,), (student,) = teacher_features, student_features
+        return self.weight * cosine_embedding_loss(teacher, student, mask=sample_weight)
