@@ -1,4 +1,4 @@
-"""Under tf.distribute.MirroredStrategy each term counts once, not once per replica."""
+"""Under tf.distribute.MirroredStrategy each term (pair terms too) counts once, not once per replica."""
 
 import json
 import os
@@ -19,7 +19,7 @@ def test_mirrored_step_equals_single_replica_step():
     run = subprocess.run([sys.executable, script], env=env, capture_output=True, text=True, timeout=170)
     assert run.returncode == 0, run.stderr[-3000:]
     results = json.loads(run.stdout.strip().splitlines()[-1])
-    assert len(results) == 3
+    assert len(results) == 4
     for case, ratio in results.items():
         assert ratio["update"] < 1e-5, case
         assert ratio["loss"] == pytest.approx(1.0, rel=1e-5), case

@@ -175,20 +175,29 @@ def test_user_regressor_is_used_and_checked():
 
 def test_distiller_with_pairs_saves_loads_and_fits_again(tmp_path):
     x, y = images(32)
-    pairs = [keras_kd.Hint("block2", "block2"), keras_kd.AttentionTransfer([("block1", "block1")], p=1.5)]
+    pairs = [
+        keras_kd.Hint("block2", "block2"),
+        keras_kd.AttentionTransfer([("block1", "block1")], p=1.5),
+        keras_kd.Relational("embedding", "embedding", angle_weight=0.0),
+        keras_kd.CosineEmbedding("logits", "logits", weight=0.5),
+        keras_kd.LayerPair("logits", "logits", loss="mean_absolute_error", name="l1"),
+    ]
     distiller = keras_kd.Distiller(cnn(8, "teacher"), cnn(4, "student"), pairs=pairs).compile("adam")
     distiller.fit(x, y, batch_size=16, epochs=1, verbose=0)
     distiller.save(tmp_path / "distiller.keras")
     loaded = keras.saving.load_model(tmp_path / "distiller.keras")
-    assert loaded.pair_log_names == ["hint_loss", "attention_loss"]
+    assert loaded.pair_log_names == ["hint_loss", "attention_loss", "relational_loss", "cosine_loss", "l1_loss"]
     assert loaded.pairs[1].p == 1.5
+    assert (loaded.pairs[2].distance_weight, loaded.pairs[2].angle_weight) == (25.0, 0.0)
+    assert loaded.pairs[3].weight == 0.5
     np.testing.assert_allclose(
         keras.ops.convert_to_numpy(loaded.pairs[0].regressor.kernel),
         keras.ops.convert_to_numpy(distiller.pairs[0].regressor.kernel),
     )
     expected = distiller.evaluate(x, y, batch_size=32, verbose=0, return_dict=True)
     actual = loaded.evaluate(x, y, batch_size=32, verbose=0, return_dict=True)
-    assert actual["hint_loss"] == pytest.approx(expected["hint_loss"], rel=1e-5)
+    for name in loaded.pair_log_names:
+        assert actual[name] == pytest.approx(expected[name], rel=1e-5), name
     history = loaded.fit(x, y, batch_size=16, epochs=1, verbose=0)
     assert np.isfinite(history.history["hint_loss"]).all()
 

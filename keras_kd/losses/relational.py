@@ -36,7 +36,9 @@ def _check_batch(teacher, student):
     if t_batch == 1 or s_batch == 1:
         raise ValueError(
             "relational KD compares examples of a batch; batch size 1 has no pairs; use batch size "
-            f">= 2 (>= 3 for angles). Got embeddings of shape {tuple(teacher.shape)}."
+            f">= 2 (>= 3 for angles). Got embeddings of shape {tuple(teacher.shape)}. If only the last "
+            "batch of an epoch is that small, drop it (tf.data: `batch(..., drop_remainder=True)`) or "
+            "pick a batch size that leaves a larger remainder."
         )
 
 
