@@ -8,10 +8,12 @@ import keras
 from keras import ops
 
 from keras_kd import checks
-from keras_kd.losses import soft_target_kl
 from keras_kd.losses._reduction import weighted_mean
 from keras_kd.pair_bindings import BoundPairs
 from keras_kd.pairs import Hint
+from keras_kd.soft_loss import deserialize as deserialize_soft_loss
+from keras_kd.soft_loss import resolve as resolve_soft_loss
+from keras_kd.soft_loss import serialize as serialize_soft_loss
 from keras_kd.taps import capture
 from keras_kd.trainers import DistillationSteps
 
@@ -61,6 +63,12 @@ class Distiller(DistillationSteps, keras.Model):
         temperature: `T > 0` that softens both distributions.
         alpha: weight of the hard-label loss in `[0, 1]`.
         pairs: layer pairs, each adding a feature term (see `keras_kd.pairs`).
+        soft_loss: the soft term between the tempered distributions: `"kl"`
+            (`T**2 * KL(p_t || p_s)`, Hinton et al.), `"reverse_kl"`
+            (`T**2 * KL(p_s || p_t)`), a loss object from `keras_kd.losses` such as
+            `GeneralizedJSD(beta=0.5)` (its temperature must equal the distiller's,
+            which is the one used), or a callable
+            `(teacher_logits, student_logits, temperature, sample_weight) -> scalar`.
         name: name of the model.
 
     Example:
@@ -76,7 +84,9 @@ class Distiller(DistillationSteps, keras.Model):
     ['accuracy', 'hard_loss', 'loss', 'soft_loss']
     """
 
-    def __init__(self, teacher, student, temperature=4.0, alpha=0.1, pairs=(), name="distiller", **kwargs):
+    def __init__(
+        self, teacher, student, temperature=4.0, alpha=0.1, pairs=(), soft_loss="kl", name="distiller", **kwargs
+    ):
         super().__init__(name=name, **kwargs)
         checks.check_model("teacher", teacher)
         checks.check_model("student", student)
@@ -93,6 +103,8 @@ class Distiller(DistillationSteps, keras.Model):
         self.hard_loss_tracker = keras.metrics.Mean(name="hard_loss")
         self.soft_loss_tracker = keras.metrics.Mean(name="soft_loss")
         self._bind_pairs(list(pairs))
+        self.soft_loss = soft_loss
+        self._soft_term = resolve_soft_loss(soft_loss, temperature)
         if student.built:
             # Built parts make a built distiller: BackupAndRestore and JAX's
             # stateless step need every variable before the first batch.
@@ -179,7 +191,12 @@ class Distiller(DistillationSteps, keras.Model):
     ):
         """Returns `(loss, terms)` for one batch; `terms` holds the logged parts."""
         checks.check_output_shapes(teacher_logits.shape, student_logits.shape)
-        soft = weighted_mean(soft_target_kl(teacher_logits, student_logits, self._temperature), sample_weight)
+        soft = ops.cast(self._soft_term(teacher_logits, student_logits, self._temperature, sample_weight), "float32")
+        if len(soft.shape):
+            raise ValueError(
+                f"soft_loss {self.soft_loss!r} returned a value of shape {tuple(soft.shape)}; it must return a "
+                "scalar (average over examples and positions, using sample_weight)."
+            )
         terms = {"soft_loss": soft}
         if y is None:
             loss = soft
@@ -288,6 +305,7 @@ class Distiller(DistillationSteps, keras.Model):
             "temperature": self.temperature,
             "alpha": self.alpha,
             "pairs": [keras.saving.serialize_keras_object(pair) for pair in self.pairs],
+            "soft_loss": serialize_soft_loss(self.soft_loss),
         }
 
     @classmethod
@@ -296,6 +314,7 @@ class Distiller(DistillationSteps, keras.Model):
         for key in ("teacher", "student"):
             config[key] = keras.saving.deserialize_keras_object(config[key])
         config["pairs"] = [keras.saving.deserialize_keras_object(pair) for pair in config.get("pairs", [])]
+        config["soft_loss"] = deserialize_soft_loss(config.get("soft_loss", "kl"))
         return cls(**config)
 
 

@@ -12,6 +12,7 @@ MODULES = [
     "keras_kd.losses.attention",
     "keras_kd.losses.relational",
     "keras_kd.callbacks",
+    "keras_kd.hub.student",
 ]
 
 

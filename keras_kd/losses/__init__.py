@@ -2,20 +2,36 @@
 
 from keras_kd.losses.attention import AttentionTransferLoss, attention_map, attention_transfer_loss
 from keras_kd.losses.features import CosineEmbeddingLoss, HintLoss, cosine_embedding_loss, hint_loss
-from keras_kd.losses.logits import SoftTargetLoss, soft_target_kl, soft_target_loss
+from keras_kd.losses.logits import (
+    GeneralizedJSD,
+    ReverseKL,
+    SoftTargetLoss,
+    generalized_jsd,
+    generalized_jsd_loss,
+    reverse_kl,
+    reverse_kl_loss,
+    soft_target_kl,
+    soft_target_loss,
+)
 from keras_kd.losses.relational import RKDAngleLoss, RKDDistanceLoss, rkd_angle_loss, rkd_distance_loss
 
 __all__ = [
     "AttentionTransferLoss",
     "CosineEmbeddingLoss",
+    "GeneralizedJSD",
     "HintLoss",
     "RKDAngleLoss",
     "RKDDistanceLoss",
+    "ReverseKL",
     "SoftTargetLoss",
     "attention_map",
     "attention_transfer_loss",
     "cosine_embedding_loss",
+    "generalized_jsd",
+    "generalized_jsd_loss",
     "hint_loss",
+    "reverse_kl",
+    "reverse_kl_loss",
     "rkd_angle_loss",
     "rkd_distance_loss",
     "soft_target_kl",

@@ -1,4 +1,14 @@
-"""Losses between teacher and student logits: the soft-target term of Hinton et al. (2015)."""
+"""Losses between teacher and student logits.
+
+Soft targets of Hinton et al. (2015) (forward KL), reverse KL, and the generalized
+Jensen-Shannon divergence of GKD (Agarwal et al., 2024). Every divergence here is
+computed in float32 from log-softmax and multiplied by `T**2`, so the gradient with
+respect to the student logits keeps one size whatever `T` and whichever of them the
+distiller uses as its soft loss.
+"""
+
+import math
+import numbers
 
 import keras
 from keras import ops
@@ -14,6 +24,27 @@ def _check_temperature(temperature):
         )
 
 
+def _check_beta(beta):
+    if isinstance(beta, numbers.Real) and not 0.0 <= beta <= 1.0:
+        raise ValueError(
+            f"beta must be in [0, 1], got {beta}. beta = 0 is the forward KL(teacher || student), "
+            "beta = 1 the reverse KL(student || teacher), beta = 0.5 the symmetric Jensen-Shannon divergence."
+        )
+
+
+def _log_probs(teacher_logits, student_logits, temperature):
+    """float32 `log softmax(t / T)`, `log softmax(s / T)` and `T`."""
+    temperature = ops.cast(temperature, "float32")
+    log_p = ops.log_softmax(ops.cast(teacher_logits, "float32") / temperature, axis=-1)
+    log_q = ops.log_softmax(ops.cast(student_logits, "float32") / temperature, axis=-1)
+    return log_p, log_q, temperature
+
+
+def _kl(log_a, log_b):
+    """`KL(a || b) = sum_c a[c] * (log a[c] - log b[c])` over the last axis, from log-probabilities."""
+    return ops.sum(ops.exp(log_a) * (log_a - log_b), axis=-1)
+
+
 def soft_target_kl(teacher_logits, student_logits, temperature=4.0):
     """Per-example (or per-position) `T**2 * KL(softmax(t/T) || softmax(s/T))`.
 
@@ -21,13 +52,8 @@ def soft_target_kl(teacher_logits, student_logits, temperature=4.0):
     without it. Computed in float32 with log-softmax, so logits of any dtype
     and of large magnitude stay finite.
     """
-    teacher_logits = ops.cast(teacher_logits, "float32")
-    student_logits = ops.cast(student_logits, "float32")
-    temperature = ops.cast(temperature, "float32")
-    log_p_teacher = ops.log_softmax(teacher_logits / temperature, axis=-1)
-    log_p_student = ops.log_softmax(student_logits / temperature, axis=-1)
-    kl = ops.sum(ops.exp(log_p_teacher) * (log_p_teacher - log_p_student), axis=-1)
-    return temperature**2 * kl
+    log_p, log_q, temperature = _log_probs(teacher_logits, student_logits, temperature)
+    return temperature**2 * _kl(log_p, log_q)
 
 
 def soft_target_loss(
@@ -75,9 +101,160 @@ def soft_target_loss(
     return weighted_mean(values, sample_weight, reduction)
 
 
+def reverse_kl(teacher_logits, student_logits, temperature=1.0):
+    """Per-example (or per-position) `T**2 * KL(softmax(s/T) || softmax(t/T))`.
+
+    The reverse (mode-seeking) KL: the expectation is under the student's
+    distribution. Classes on the last axis; the result drops that axis.
+    float32, log-softmax, finite for logits of any dtype and magnitude.
+    """
+    log_p, log_q, temperature = _log_probs(teacher_logits, student_logits, temperature)
+    return temperature**2 * _kl(log_q, log_p)
+
+
+def reverse_kl_loss(
+    teacher_logits,
+    student_logits,
+    temperature=1.0,
+    sample_weight=None,
+    reduction="sum_over_batch_size",
+):
+    """Reverse KL between student and teacher, averaged over examples and positions.
+
+    With `p = softmax(t / T)` (teacher) and `q = softmax(s / T)` (student), per
+    example or position:
+
+        T**2 * KL(q || p) = T**2 * sum_c q[c] * (log q[c] - log p[c])
+
+    Mode-seeking: the student is pushed to put its mass where the teacher's is
+    high rather than to cover all of it, the usual choice for on-policy
+    distillation of language models (MiniLLM, GKD). The `T**2` factor matches
+    `soft_target_loss`, so switching between them keeps the gradient's scale: the
+    gradient with respect to the student logits is
+    `T * q * (log q - log p - KL(q || p))` per example, divided by the number of values.
+
+    Args:
+        teacher_logits: `(batch, ..., vocab)` logits of the teacher (not probabilities).
+        student_logits: logits of the student, same shape.
+        temperature: `T > 0`, a float or a scalar tensor/variable.
+        sample_weight: optional `(batch,)` or `(batch, ...)` weights, e.g. a padding mask.
+        reduction: `"sum_over_batch_size"` or `"mean_with_sample_weight"`.
+
+    Returns:
+        A float32 scalar.
+
+    Example:
+
+    >>> import numpy as np
+    >>> from keras_kd.losses import reverse_kl_loss
+    >>> t = np.array([[2.0, 1.0, 0.1]])
+    >>> float(reverse_kl_loss(t, t))
+    0.0
+    >>> round(float(reverse_kl_loss(t, np.zeros((1, 3)))), 4)
+    0.2851
+    """
+    _check_temperature(temperature)
+    check_reduction(reduction)
+    values = reverse_kl(teacher_logits, student_logits, temperature)
+    return weighted_mean(values, sample_weight, reduction)
+
+
+def generalized_jsd(teacher_logits, student_logits, beta=0.5, temperature=1.0):
+    """Per-example (or per-position) `T**2 * JSD(beta)(p || q)`; see `generalized_jsd_loss`.
+
+    `beta` is a Python float in `[0, 1]` or a float scalar tensor/variable (then the
+    caller keeps it in `[0, 1]`; the endpoints are still the exact KLs).
+    """
+    _check_beta(beta)
+    log_p, log_q, temperature = _log_probs(teacher_logits, student_logits, temperature)
+    if isinstance(beta, numbers.Real):
+        if beta == 0:
+            return temperature**2 * _kl(log_p, log_q)
+        if beta == 1:
+            return temperature**2 * _kl(log_q, log_p)
+        log_w_p, log_w_q = math.log(beta), math.log1p(-beta)
+        coef_p, coef_q = beta, 1.0 - beta
+    else:
+        beta = ops.cast(beta, "float32")
+        log_w_p, log_w_q = ops.log(beta), ops.log1p(-beta)  # -inf at an endpoint: m is then q or p exactly
+        # At beta = 0 the mixture is q and the divergence must be KL(p || q) = KL(p || m): weight 1, not 0.
+        coef_p = ops.where(ops.equal(beta, 0.0), 1.0, beta)
+        coef_q = ops.where(ops.equal(beta, 1.0), 1.0, 1.0 - beta)
+    # log m = log(beta * p + (1 - beta) * q), a two-term logsumexp: stable for any logits.
+    log_m = ops.logaddexp(log_p + log_w_p, log_q + log_w_q)
+    return temperature**2 * (coef_p * _kl(log_p, log_m) + coef_q * _kl(log_q, log_m))
+
+
+def generalized_jsd_loss(
+    teacher_logits,
+    student_logits,
+    beta=0.5,
+    temperature=1.0,
+    sample_weight=None,
+    reduction="sum_over_batch_size",
+):
+    """Generalized Jensen-Shannon divergence of GKD, averaged over examples and positions.
+
+    With `p = softmax(t / T)` (teacher), `q = softmax(s / T)` (student) and, for
+    `0 < beta < 1`, the mixture `m = beta * p + (1 - beta) * q`, per example or
+    position (Agarwal et al., 2024, "On-Policy Distillation of Language Models", eq. 1):
+
+        JSD(beta)(p || q) = beta * KL(p || m) + (1 - beta) * KL(q || m)     0 < beta < 1
+        JSD(0)(p || q)    = KL(p || q)     forward KL, exactly soft_target_loss
+        JSD(1)(p || q)    = KL(q || p)     reverse KL, exactly reverse_kl_loss
+
+    and the loss is `T**2 * JSD(beta)(p || q)`. `beta = 0.5` is the symmetric
+    Jensen-Shannon divergence, and in general `JSD(beta)(p || q) = JSD(1 - beta)(q || p)`.
+
+    The endpoints are defined, not limits: as `beta -> 0` the mixture tends to `q`
+    and the interior value to `beta * KL(p || q)`, which vanishes (likewise
+    `(1 - beta) * KL(q || p)` as `beta -> 1`). The interior divergence behaves like
+    forward KL near 0 and reverse KL near 1 in its gradient's direction, not in its
+    size, so `beta = 0.01` trains about 100 times more weakly than `beta = 0`. This
+    is the paper's definition and the GKD trainer of Hugging Face TRL
+    (`GKDConfig.beta`: 0 forward KL, 1 reverse KL), so GKD recipes carry over. The
+    mixture's log is `logaddexp(log p + log beta, log q + log(1 - beta))`, stable for
+    any logits; everything is float32. The `T**2` factor matches `soft_target_loss`,
+    so switching the distiller's soft loss keeps the gradient's scale across `T`.
+
+    Args:
+        teacher_logits: `(batch, ..., vocab)` logits of the teacher (not probabilities).
+        student_logits: logits of the student, same shape.
+        beta: mixture weight in `[0, 1]` (a Python float, or a float scalar tensor/variable).
+        temperature: `T > 0`, a float or a scalar tensor/variable.
+        sample_weight: optional `(batch,)` or `(batch, ...)` weights, e.g. a padding mask.
+        reduction: `"sum_over_batch_size"` or `"mean_with_sample_weight"`.
+
+    Returns:
+        A float32 scalar.
+
+    Example:
+
+    >>> import numpy as np
+    >>> from keras_kd.losses import generalized_jsd_loss
+    >>> t, s = np.array([[2.0, 1.0, 0.1]]), np.zeros((1, 3))
+    >>> abs(float(generalized_jsd_loss(t, t))) < 1e-6  # zero up to float32 rounding
+    True
+    >>> round(float(generalized_jsd_loss(t, s, beta=0.5)), 4)
+    0.0645
+    >>> round(float(generalized_jsd_loss(t, s, beta=0.0)), 4)  # forward KL
+    0.2519
+    >>> round(float(generalized_jsd_loss(t, s, beta=1.0)), 4)  # reverse KL
+    0.2851
+    """
+    _check_beta(beta)
+    _check_temperature(temperature)
+    check_reduction(reduction)
+    values = generalized_jsd(teacher_logits, student_logits, beta, temperature)
+    return weighted_mean(values, sample_weight, reduction)
+
+
 @keras.saving.register_keras_serializable(package="keras_kd")
 class SoftTargetLoss(keras.losses.Loss):
     """`keras.losses.Loss` form of `soft_target_loss`: `y_true` holds the teacher's logits.
+
+    `per_position(teacher_logits, student_logits, temperature)` returns the
+    unreduced values for another temperature (the distiller's schedulable one).
 
     Example:
 
@@ -93,8 +270,78 @@ class SoftTargetLoss(keras.losses.Loss):
         super().__init__(name=name, reduction=reduction, **kwargs)
         self.temperature = temperature
 
+    def per_position(self, teacher_logits, student_logits, temperature=None):
+        """`T**2 * KL(p || q)` per example/position; `temperature=None` uses `self.temperature`."""
+        temperature = self.temperature if temperature is None else temperature
+        return soft_target_kl(teacher_logits, student_logits, temperature)
+
     def call(self, y_true, y_pred):
-        return soft_target_kl(y_true, y_pred, self.temperature)
+        return self.per_position(y_true, y_pred, self.temperature)
 
     def get_config(self):
         return {**super().get_config(), "temperature": self.temperature}
+
+
+@keras.saving.register_keras_serializable(package="keras_kd")
+class ReverseKL(keras.losses.Loss):
+    """`keras.losses.Loss` form of `reverse_kl_loss`: `y_true` holds the teacher's logits.
+
+    Example:
+
+    >>> import numpy as np
+    >>> from keras_kd.losses import ReverseKL
+    >>> loss = ReverseKL(temperature=1.0)
+    >>> round(float(loss(np.array([[2.0, 1.0, 0.1]]), np.zeros((1, 3)))), 4)
+    0.2851
+    """
+
+    def __init__(self, temperature=1.0, reduction="sum_over_batch_size", name="reverse_kl", **kwargs):
+        _check_temperature(temperature)
+        super().__init__(name=name, reduction=reduction, **kwargs)
+        self.temperature = temperature
+
+    def per_position(self, teacher_logits, student_logits, temperature=None):
+        """`T**2 * KL(q || p)` per example/position; `temperature=None` uses `self.temperature`."""
+        temperature = self.temperature if temperature is None else temperature
+        return reverse_kl(teacher_logits, student_logits, temperature)
+
+    def call(self, y_true, y_pred):
+        return self.per_position(y_true, y_pred, self.temperature)
+
+    def get_config(self):
+        return {**super().get_config(), "temperature": self.temperature}
+
+
+@keras.saving.register_keras_serializable(package="keras_kd")
+class GeneralizedJSD(keras.losses.Loss):
+    """`keras.losses.Loss` form of `generalized_jsd_loss`: `y_true` holds the teacher's logits.
+
+    `beta = 0` is forward KL, `beta = 1` reverse KL, `beta = 0.5` the symmetric JSD
+    (see `generalized_jsd_loss` for the exact definition).
+
+    Example:
+
+    >>> import numpy as np
+    >>> from keras_kd.losses import GeneralizedJSD
+    >>> loss = GeneralizedJSD(beta=0.5, temperature=1.0)
+    >>> round(float(loss(np.array([[2.0, 1.0, 0.1]]), np.zeros((1, 3)))), 4)
+    0.0645
+    """
+
+    def __init__(self, beta=0.5, temperature=1.0, reduction="sum_over_batch_size", name="generalized_jsd", **kwargs):
+        _check_beta(beta)
+        _check_temperature(temperature)
+        super().__init__(name=name, reduction=reduction, **kwargs)
+        self.beta = beta
+        self.temperature = temperature
+
+    def per_position(self, teacher_logits, student_logits, temperature=None):
+        """`T**2 * JSD(beta)(p || q)` per example/position; `temperature=None` uses `self.temperature`."""
+        temperature = self.temperature if temperature is None else temperature
+        return generalized_jsd(teacher_logits, student_logits, self.beta, temperature)
+
+    def call(self, y_true, y_pred):
+        return self.per_position(y_true, y_pred, self.temperature)
+
+    def get_config(self):
+        return {**super().get_config(), "beta": self.beta, "temperature": self.temperature}

