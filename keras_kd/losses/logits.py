@@ -249,8 +249,28 @@ def generalized_jsd_loss(
     return weighted_mean(values, sample_weight, reduction)
 
 
+class _TemperedLoss(keras.losses.Loss):
+    """Shared by the soft-loss classes: `per_position` at any temperature, `call` at their own."""
+
+    def __init__(self, temperature, reduction, name, **kwargs):
+        _check_temperature(temperature)
+        super().__init__(name=name, reduction=reduction, **kwargs)
+        self.temperature = temperature
+
+    def per_position(self, teacher_logits, student_logits, temperature=None):
+        """Unreduced values; `temperature=None` uses `self.temperature`."""
+        temperature = self.temperature if temperature is None else temperature
+        return self._values(teacher_logits, student_logits, temperature)
+
+    def call(self, y_true, y_pred):
+        return self.per_position(y_true, y_pred, self.temperature)
+
+    def get_config(self):
+        return {**super().get_config(), "temperature": self.temperature}
+
+
 @keras.saving.register_keras_serializable(package="keras_kd")
-class SoftTargetLoss(keras.losses.Loss):
+class SoftTargetLoss(_TemperedLoss):
     """`keras.losses.Loss` form of `soft_target_loss`: `y_true` holds the teacher's logits.
 
     `per_position(teacher_logits, student_logits, temperature)` returns the
@@ -265,25 +285,14 @@ class SoftTargetLoss(keras.losses.Loss):
     0.0
     """
 
+    _values = staticmethod(soft_target_kl)
+
     def __init__(self, temperature=4.0, reduction="sum_over_batch_size", name="soft_target_loss", **kwargs):
-        _check_temperature(temperature)
-        super().__init__(name=name, reduction=reduction, **kwargs)
-        self.temperature = temperature
-
-    def per_position(self, teacher_logits, student_logits, temperature=None):
-        """`T**2 * KL(p || q)` per example/position; `temperature=None` uses `self.temperature`."""
-        temperature = self.temperature if temperature is None else temperature
-        return soft_target_kl(teacher_logits, student_logits, temperature)
-
-    def call(self, y_true, y_pred):
-        return self.per_position(y_true, y_pred, self.temperature)
-
-    def get_config(self):
-        return {**super().get_config(), "temperature": self.temperature}
+        super().__init__(temperature, reduction, name, **kwargs)
 
 
 @keras.saving.register_keras_serializable(package="keras_kd")
-class ReverseKL(keras.losses.Loss):
+class ReverseKL(_TemperedLoss):
     """`keras.losses.Loss` form of `reverse_kl_loss`: `y_true` holds the teacher's logits.
 
     Example:
@@ -295,25 +304,14 @@ class ReverseKL(keras.losses.Loss):
     0.2851
     """
 
+    _values = staticmethod(reverse_kl)
+
     def __init__(self, temperature=1.0, reduction="sum_over_batch_size", name="reverse_kl", **kwargs):
-        _check_temperature(temperature)
-        super().__init__(name=name, reduction=reduction, **kwargs)
-        self.temperature = temperature
-
-    def per_position(self, teacher_logits, student_logits, temperature=None):
-        """`T**2 * KL(q || p)` per example/position; `temperature=None` uses `self.temperature`."""
-        temperature = self.temperature if temperature is None else temperature
-        return reverse_kl(teacher_logits, student_logits, temperature)
-
-    def call(self, y_true, y_pred):
-        return self.per_position(y_true, y_pred, self.temperature)
-
-    def get_config(self):
-        return {**super().get_config(), "temperature": self.temperature}
+        super().__init__(temperature, reduction, name, **kwargs)
 
 
 @keras.saving.register_keras_serializable(package="keras_kd")
-class GeneralizedJSD(keras.losses.Loss):
+class GeneralizedJSD(_TemperedLoss):
     """`keras.losses.Loss` form of `generalized_jsd_loss`: `y_true` holds the teacher's logits.
 
     `beta = 0` is forward KL, `beta = 1` reverse KL, `beta = 0.5` the symmetric JSD
@@ -330,18 +328,11 @@ class GeneralizedJSD(keras.losses.Loss):
 
     def __init__(self, beta=0.5, temperature=1.0, reduction="sum_over_batch_size", name="generalized_jsd", **kwargs):
         _check_beta(beta)
-        _check_temperature(temperature)
-        super().__init__(name=name, reduction=reduction, **kwargs)
         self.beta = beta
-        self.temperature = temperature
+        super().__init__(temperature, reduction, name, **kwargs)
 
-    def per_position(self, teacher_logits, student_logits, temperature=None):
-        """`T**2 * JSD(beta)(p || q)` per example/position; `temperature=None` uses `self.temperature`."""
-        temperature = self.temperature if temperature is None else temperature
+    def _values(self, teacher_logits, student_logits, temperature):
         return generalized_jsd(teacher_logits, student_logits, self.beta, temperature)
 
-    def call(self, y_true, y_pred):
-        return self.per_position(y_true, y_pred, self.temperature)
-
     def get_config(self):
-        return {**super().get_config(), "beta": self.beta, "temperature": self.temperature}
+        return {**super().get_config(), "beta": self.beta}
