@@ -75,22 +75,7 @@ def make_fit_items(keras, keras_kd, teacher, student_weights, x, y, batch_size):
     core.compile(keras.optimizers.Adam(1e-3), loss=keras.losses.SparseCategoricalCrossentropy(from_logits=True))
     models["KF"] = core
 
-    def fitter(model):
-        def run(steps, callbacks):
-            model.fit(
-                x,
-                y,
-                batch_size=batch_size,
-                epochs=1,
-                steps_per_epoch=steps,
-                shuffle=False,
-                verbose=0,
-                callbacks=callbacks,
-            )
-
-        return run
-
-    return {name: (model, fitter(model)) for name, model in models.items()}
+    return {name: (model, so.make_fitter(model, x, y, batch_size)) for name, model in models.items()}
 
 
 def make_loss_step(backend, keras, pair, teacher_features, student_features):

@@ -251,19 +251,7 @@ def make_items(keras, keras_kd, teacher, student_weights, x, y, batch_size):
     core.compile(optimizer=optimizer(), loss=hard_loss())
 
     def fitter(model):
-        def run(steps, callbacks):
-            model.fit(
-                x,
-                y,
-                batch_size=batch_size,
-                epochs=1,
-                steps_per_epoch=steps,
-                shuffle=False,
-                verbose=0,
-                callbacks=callbacks,
-            )
-
-        return run
+        return make_fitter(model, x, y, batch_size)
 
     def run_teacher(steps, callbacks):
         teacher.predict(x, batch_size=batch_size, steps=steps, verbose=0, callbacks=callbacks)
@@ -275,6 +263,24 @@ def make_items(keras, keras_kd, teacher, student_weights, x, y, batch_size):
         "C": (ours, fitter(ours)),
         "K": (core, fitter(core)),
     }
+
+
+def make_fitter(model, x, y, batch_size):
+    """`run(steps, callbacks)`: one `fit` call of `steps` batches over the in-memory arrays, in order."""
+
+    def run(steps, callbacks):
+        model.fit(
+            x,
+            y,
+            batch_size=batch_size,
+            epochs=1,
+            steps_per_epoch=steps,
+            shuffle=False,
+            verbose=0,
+            callbacks=callbacks,
+        )
+
+    return run
 
 
 def make_window_class(keras, sync):

@@ -102,7 +102,7 @@ class Distiller(DistillationSteps, keras.Model):
         self._alpha = self._scalar_variable("alpha", alpha)
         self.hard_loss_tracker = keras.metrics.Mean(name="hard_loss")
         self.soft_loss_tracker = keras.metrics.Mean(name="soft_loss")
-        self._bind_pairs(list(pairs))
+        self._bind_pairs(pairs)
         self.soft_loss = soft_loss
         self._soft_term = resolve_soft_loss(soft_loss, temperature)
         if student.built:
@@ -113,7 +113,7 @@ class Distiller(DistillationSteps, keras.Model):
     def _bind_pairs(self, pairs):
         if not isinstance(pairs, (list, tuple)):
             raise TypeError(f"pairs must be a list of keras_kd.LayerPair objects, got {type(pairs).__name__}.")
-        self._bound_pairs = BoundPairs(pairs, self.teacher, self.student)
+        self._bound_pairs = BoundPairs(list(pairs), self.teacher, self.student)
         self.pairs = self._bound_pairs.pairs
         self.pair_loss_trackers = [keras.metrics.Mean(name=name) for name in self._bound_pairs.log_names]
         self._hint_warmup = None
@@ -213,7 +213,7 @@ class Distiller(DistillationSteps, keras.Model):
                 value = self.per_replica_value(value)
             terms[name] = value
             loss = loss + value
-            if isinstance(pair, Hint):
+            if self._hint_warmup is not None and isinstance(pair, Hint):
                 hint_total = hint_total + value
         regularization = self.student.losses
         if regularization:

@@ -77,12 +77,12 @@ class BoundPairs:
         ]
 
     def hints(self):
-        return [(pair, layers) for pair, layers in zip(self.pairs, self.student_layers) if isinstance(pair, Hint)]
+        return [pair for pair in self.pairs if isinstance(pair, Hint)]
 
     def warmup_variables(self, student):
         """What FitNets' warm-up trains: the student up to each hinted layer, and the hint regressors."""
         variables = []
-        for pair, _ in self.hints():
+        for pair in self.hints():
             variables += layer_paths.upstream_variables(student, pair.layer_pairs[0][1])
             for regressor in pair.regressors():
                 variables += regressor.trainable_variables

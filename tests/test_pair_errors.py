@@ -58,6 +58,8 @@ def test_relational_kd_with_batch_size_one_is_refused():
 
 
 def test_pairs_must_be_layer_pairs_and_weights_valid():
+    with pytest.raises(TypeError, match=r"pairs must be a list of keras_kd.LayerPair objects, got Hint"):
+        keras_kd.Distiller(vector_model("teacher"), vector_model("student"), pairs=keras_kd.Hint("hidden", "hidden"))
     with pytest.raises(TypeError, match=r"pairs must hold keras_kd.LayerPair"):
         keras_kd.Distiller(vector_model("teacher"), vector_model("student"), pairs=[("hidden", "hidden")])
     with pytest.raises(ValueError, match=r"weight must be a finite number >= 0, got -1"):
