@@ -7,8 +7,9 @@ everything here is backend-agnostic.
 import keras
 from keras import ops
 
-from keras_kd import checks
+from keras_kd import checks, text_pipeline
 from keras_kd.losses._reduction import weighted_mean
+from keras_kd.model_inputs import student_view, teacher_view
 from keras_kd.pair_bindings import BoundPairs
 from keras_kd.pairs import Hint
 from keras_kd.soft_loss import deserialize as deserialize_soft_loss
@@ -44,6 +45,12 @@ class Distiller(DistillationSteps, keras.Model):
     teacher once and the student once. Regressors (a `Hint` between layers of
     different widths) are built here, train with the student, and stay out of
     `distiller.student`.
+
+    KerasHub `TextClassifier` and `CausalLM` tasks can be teacher and student, and
+    `fit`, `evaluate` and `predict` accept raw strings: the models' preprocessors
+    tokenize them in the data pipeline (see `keras_kd.text_pipeline`). When the two
+    models read different inputs of the same examples, pass
+    `keras_kd.paired_inputs(teacher_x, student_x)` as `x`.
 
     The teacher is frozen: it runs with `training=False`, outside the gradient
     computation, and its weights never change. `call`, `predict` and
@@ -91,6 +98,7 @@ class Distiller(DistillationSteps, keras.Model):
         checks.check_model("teacher", teacher)
         checks.check_model("student", student)
         checks.check_teacher_built(teacher)
+        text_pipeline.check_shared_vocabulary(teacher, student)
         checks.check_model_pair(teacher, student)
         temperature = checks.check_temperature(temperature)
         alpha = checks.check_alpha(alpha)
@@ -105,6 +113,7 @@ class Distiller(DistillationSteps, keras.Model):
         self._bind_pairs(pairs)
         self.soft_loss = soft_loss
         self._soft_term = resolve_soft_loss(soft_loss, temperature)
+        self._text_pipeline = text_pipeline.TextPipeline(teacher, student)
         if student.built:
             # Built parts make a built distiller: BackupAndRestore and JAX's
             # stateless step need every variable before the first batch.
@@ -155,7 +164,7 @@ class Distiller(DistillationSteps, keras.Model):
         self._alpha.assign(checks.check_alpha(value))
 
     def call(self, inputs, training=None):
-        return self.student(inputs, training=training)
+        return self.student(student_view(inputs), training=training)
 
     def compile(self, optimizer="rmsprop", loss=None, metrics=None, **kwargs):
         """`keras.Model.compile`, returning the distiller so that `.fit` chains.
@@ -165,6 +174,67 @@ class Distiller(DistillationSteps, keras.Model):
         """
         super().compile(optimizer=optimizer, loss=loss, metrics=metrics, **kwargs)
         return self
+
+    # Raw strings for KerasHub tasks: the preprocessors run in the data pipeline.
+
+    def fit(
+        self,
+        x=None,
+        y=None,
+        batch_size=None,
+        sample_weight=None,
+        validation_data=None,
+        validation_split=0.0,
+        validation_batch_size=None,
+        shuffle=True,
+        **kwargs,
+    ):
+        """`keras.Model.fit`; raw strings are tokenized by the KerasHub models' preprocessors.
+
+        See `keras_kd.text_pipeline` for which preprocessor feeds which model.
+        """
+        pipeline = self._text_pipeline
+        if text_pipeline.holds_strings(x):
+            if validation_split and validation_data is None:
+                (x, y, sample_weight), validation_data = pipeline.split(x, y, sample_weight, validation_split)
+                validation_split = 0.0
+            x = pipeline.dataset(x, y, sample_weight, batch_size, shuffle=shuffle)
+            y = sample_weight = None
+            shuffle = False  # done above, per example; Keras would warn that a dataset is not shuffled
+            validation_batch_size = validation_batch_size or batch_size
+            batch_size = None
+        if text_pipeline.holds_strings(validation_data):
+            if text_pipeline.is_dataset(validation_data):
+                validation_data = pipeline.dataset(validation_data)
+            else:
+                vx, vy, vsw = keras.utils.unpack_x_y_sample_weight(tuple(validation_data))
+                validation_data = pipeline.dataset(vx, vy, vsw, validation_batch_size or batch_size)
+            validation_batch_size = None
+        return super().fit(
+            x=x,
+            y=y,
+            batch_size=batch_size,
+            sample_weight=sample_weight,
+            validation_data=validation_data,
+            validation_split=validation_split,
+            validation_batch_size=validation_batch_size,
+            shuffle=shuffle,
+            **kwargs,
+        )
+
+    def evaluate(self, x=None, y=None, batch_size=None, sample_weight=None, **kwargs):
+        """`keras.Model.evaluate`; raw strings are tokenized as in `fit`."""
+        if text_pipeline.holds_strings(x):
+            x = self._text_pipeline.dataset(x, y, sample_weight, batch_size)
+            y = sample_weight = batch_size = None
+        return super().evaluate(x=x, y=y, batch_size=batch_size, sample_weight=sample_weight, **kwargs)
+
+    def predict(self, x, batch_size=None, **kwargs):
+        """The student's `predict`; raw strings are tokenized by the student's preprocessor."""
+        if text_pipeline.holds_strings(x):
+            x = self._text_pipeline.input_dataset(x, batch_size)
+            batch_size = None
+        return super().predict(x, batch_size=batch_size, **kwargs)
 
     def compile_from_config(self, config):
         config = keras.saving.deserialize_keras_object(config)
@@ -177,13 +247,13 @@ class Distiller(DistillationSteps, keras.Model):
     def teacher_forward(self, x):
         """The teacher's logits and, per pair, its paired layers' outputs: one forward pass."""
         with capture() as captured:
-            logits = self.teacher(x, training=False)
+            logits = self.teacher(teacher_view(x), training=False)
         return logits, self._bound_pairs.features(captured, "teacher")
 
     def student_forward(self, x, training):
         """The student's logits and, per pair, its paired layers' outputs: one forward pass."""
         with capture() as captured:
-            logits = self.student(x, training=training)
+            logits = self.student(student_view(x), training=training)
         return logits, self._bound_pairs.features(captured, "student")
 
     def compute_distillation_loss(

@@ -56,22 +56,28 @@ def resolve(model, path, role):
         raise ValueError(
             f"A {role} layer path must be layer names joined by '/', e.g. 'dense_2' or 'inner/dense_2'; got {path!r}."
         )
-    current = model
+    current, reached = model, []
     for segment in path.split("/"):
-        current = _child(current, segment)
-        if current is None:
-            raise ValueError(_unknown_path_message(model, path, role))
+        child = _child(current, segment)
+        if child is None:
+            raise ValueError(_unknown_path_message(model, path, role, current, reached))
+        current = child
+        reached.append(segment)
     return current
 
 
-def _unknown_path_message(model, path, role):
+def _unknown_path_message(model, path, role, container, reached):
     paths = all_paths(model)
     close = difflib.get_close_matches(path, paths, n=5, cutoff=0.3)
     if not close:
         close = [p for p in paths if "/" not in p][:20]
-    return (
-        f"The {role} model {model.name!r} has no layer {path!r}. Closest existing paths: {close}. "
-        "Name nested layers by their path, e.g. 'inner_model/dense_2', or 'backbone/...' in a KerasHub task."
+    message = f"The {role} model {model.name!r} has no layer {path!r}. Closest existing paths: {close}."
+    if reached:
+        # The path walked into a nested model (e.g. a KerasHub backbone): say what that model holds.
+        names = [layer.name for layer in sublayers(container)]
+        message += f" {'/'.join(reached)!r} holds the layers {names}."
+    return message + (
+        " Name nested layers by their path, e.g. 'inner_model/dense_2', or 'backbone/...' in a KerasHub task."
     )
 
 

