@@ -8,10 +8,12 @@ The distiller keeps that promise for both models:
   batch, so teacher and student may use different tokenizers and sequence lengths; the batch
   becomes `paired_inputs(teacher_tokens, student_tokens)`. When both models share one
   preprocessor object (`keras_kd.hub.student_from_teacher` does that) it runs once.
-- **Causal LMs** (soft targets over the vocabulary at every position): the student's
-  preprocessor makes the token ids, the next-token labels and the padding mask (as the
-  sample weight); the teacher reads the same token ids, which is only meaningful over one
-  vocabulary, so the distiller checks that the two vocabularies agree at construction.
+- **Language models** (`CausalLM`, `MaskedLM`, `Seq2SeqLM`: soft targets over the vocabulary
+  at every position): the student's preprocessor makes the token ids, the labels (next tokens,
+  or the randomly masked tokens and their positions) and the padding mask (as the sample
+  weight); the teacher reads the same token ids, so both predict at the same positions. That
+  is only meaningful over one vocabulary, so the distiller checks at construction that the two
+  vocabularies agree.
 """
 
 import sys
@@ -63,14 +65,22 @@ def _keras_hub_models():
     return None if keras_hub is None else keras_hub.models
 
 
-def _is_causal_lm_preprocessor(preprocessor):
-    models = _keras_hub_models()
-    return models is not None and isinstance(preprocessor, models.CausalLMPreprocessor)
+# Tasks whose outputs are distributions over the vocabulary, position by position, and whose
+# preprocessors make the labels from the text (next tokens; randomly masked tokens).
+_TOKEN_LEVEL_TASKS = ("CausalLM", "MaskedLM", "Seq2SeqLM")
 
 
-def is_causal_lm(model):
+def _is_token_level_preprocessor(preprocessor):
     models = _keras_hub_models()
-    return models is not None and isinstance(model, models.CausalLM)
+    return models is not None and isinstance(
+        preprocessor, tuple(getattr(models, f"{task}Preprocessor") for task in _TOKEN_LEVEL_TASKS)
+    )
+
+
+def is_token_level_task(model):
+    """Whether `model` is a KerasHub language model (causal, masked or seq2seq): logits over its vocabulary."""
+    models = _keras_hub_models()
+    return models is not None and isinstance(model, tuple(getattr(models, task) for task in _TOKEN_LEVEL_TASKS))
 
 
 def _tokenizer_vocabulary(model):
@@ -85,12 +95,12 @@ def _tokenizer_vocabulary(model):
 
 
 def check_shared_vocabulary(teacher, student):
-    """Token-level distillation of causal LMs compares distributions over one vocabulary: check it is one.
+    """Token-level distillation of language models compares distributions over one vocabulary: check it is one.
 
     Raises when the backbones' `vocabulary_size` differ, or when both models carry tokenizers
     whose vocabularies (id -> token) differ.
     """
-    if not (is_causal_lm(teacher) and is_causal_lm(student)):
+    if not (is_token_level_task(teacher) and is_token_level_task(student)):
         return
     sizes = [getattr(getattr(model, "backbone", None), "vocabulary_size", None) for model in (teacher, student)]
     if None not in sizes and sizes[0] != sizes[1]:
@@ -123,7 +133,7 @@ class TextPipeline:
         self.student = student
         self.teacher_preprocessor = getattr(teacher, "preprocessor", None)
         self.student_preprocessor = getattr(student, "preprocessor", None)
-        self.token_level = _is_causal_lm_preprocessor(self.student_preprocessor) or _is_causal_lm_preprocessor(
+        self.token_level = _is_token_level_preprocessor(self.student_preprocessor) or _is_token_level_preprocessor(
             self.teacher_preprocessor
         )
 

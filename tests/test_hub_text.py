@@ -164,6 +164,32 @@ def test_causal_lm_distils_token_by_token_on_raw_strings():
     assert after < before
 
 
+def test_masked_lm_teacher_and_student_predict_the_same_masked_positions():
+    keras.utils.set_random_seed(0)
+    tokenizer = keras_hub.models.BertTokenizer(vocabulary=bert_vocabulary())
+    preprocessor = keras_hub.models.BertMaskedLMPreprocessor(
+        tokenizer, sequence_length=12, mask_selection_rate=0.3, mask_selection_length=3
+    )
+    backbone = keras_hub.models.BertBackbone(
+        vocabulary_size=len(bert_vocabulary()),
+        num_layers=2,
+        num_heads=2,
+        hidden_dim=16,
+        intermediate_dim=32,
+        max_sequence_length=12,
+    )
+    teacher = keras_hub.models.BertMaskedLM(backbone, preprocessor=preprocessor)
+    student = student_from_teacher(teacher, 1)
+    distiller = keras_kd.Distiller(teacher, student, temperature=2.0, alpha=0.5).compile(optimizer="adam")
+    assert distiller._text_pipeline.token_level
+    history = distiller.fit(TEXTS, batch_size=3, epochs=1, verbose=0)
+    for key in ("loss", "hard_loss", "soft_loss"):
+        assert np.isfinite(history.history[key][0]), key
+    # One preprocessed batch (one random masking) feeds both models.
+    x, y, sample_weight = distiller._text_pipeline.preprocess_samples(TEXTS)
+    assert set(x) == {"token_ids", "padding_mask", "segment_ids", "mask_positions"}
+
+
 def _tokenized(preprocessor, texts):
     x, y, sample_weight = preprocessor(texts)
     return (
