@@ -236,6 +236,25 @@ class Distiller(DistillationSteps, keras.Model):
             batch_size = None
         return super().predict(x, batch_size=batch_size, **kwargs)
 
+    def train_on_batch(self, x, y=None, sample_weight=None, **kwargs):
+        """`keras.Model.train_on_batch`; raw strings are tokenized as in `fit`."""
+        if text_pipeline.holds_strings(x):
+            x, y, sample_weight = self._text_pipeline.preprocess_batch(x, y, sample_weight)
+        return super().train_on_batch(x, y=y, sample_weight=sample_weight, **kwargs)
+
+    def test_on_batch(self, x, y=None, sample_weight=None, **kwargs):
+        """`keras.Model.test_on_batch`; raw strings are tokenized as in `fit`."""
+        if text_pipeline.holds_strings(x):
+            x, y, sample_weight = self._text_pipeline.preprocess_batch(x, y, sample_weight)
+        return super().test_on_batch(x, y=y, sample_weight=sample_weight, **kwargs)
+
+    def predict_on_batch(self, x):
+        """The student's `predict_on_batch`; raw strings are tokenized by the student's preprocessor."""
+        if text_pipeline.holds_strings(x):
+            self._text_pipeline.check_can_read_strings()
+            x = self._text_pipeline.preprocess_inputs(x)
+        return super().predict_on_batch(x)
+
     def compile_from_config(self, config):
         config = keras.saving.deserialize_keras_object(config)
         self.compile(**config)

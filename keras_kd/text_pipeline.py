@@ -163,6 +163,11 @@ class TextPipeline:
         teacher_x = unpack_x_y_sample_weight(self.teacher_preprocessor(x))[0]
         return pack_x_y_sample_weight(paired_inputs(teacher_x, student_x), y, sample_weight)
 
+    def preprocess_batch(self, x, y=None, sample_weight=None):
+        """One batch of raw strings, preprocessed eagerly (for `train_on_batch` and `test_on_batch`)."""
+        self.check_can_read_strings()
+        return unpack_x_y_sample_weight(self.preprocess_samples(x, y, sample_weight))
+
     def preprocess_inputs(self, x):
         """Raw strings -> what the student reads (for `predict`)."""
         return unpack_x_y_sample_weight(self.student_preprocessor(x))[0]

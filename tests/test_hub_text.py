@@ -99,6 +99,19 @@ def test_classifier_student_from_teacher_fits_evaluates_and_predicts_raw_strings
     np.testing.assert_allclose(predictions, expected, rtol=1e-5, atol=1e-5)
 
 
+def test_on_batch_methods_take_raw_strings():
+    teacher = bert_classifier(bert_vocabulary(), sequence_length=12)
+    student = bert_classifier(bert_vocabulary(list(reversed(WORDS))), sequence_length=8, num_layers=1, seed=1)
+    distiller = keras_kd.Distiller(teacher, student).compile(optimizer="adam")
+    logs = distiller.train_on_batch(TEXTS, LABELS, return_dict=True)
+    assert np.isfinite(logs["loss"]) and np.isfinite(logs["soft_loss"])
+    logs = distiller.test_on_batch(TEXTS, LABELS, return_dict=True)
+    assert np.isfinite(logs["loss"])
+    predictions = keras.ops.convert_to_numpy(distiller.predict_on_batch(TEXTS))
+    expected = keras.ops.convert_to_numpy(student(student.preprocessor(TEXTS)))
+    np.testing.assert_allclose(predictions, expected, rtol=1e-5, atol=1e-5)
+
+
 def test_classifiers_with_different_tokenizers_each_read_their_own_tokens():
     teacher = bert_classifier(bert_vocabulary(), sequence_length=12, num_layers=2, seed=0)
     # Another vocabulary (other ids, fewer words), a shorter sequence, a narrower model.
