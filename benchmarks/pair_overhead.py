@@ -54,7 +54,7 @@ def make_pair(keras_kd, kind):
     return keras_kd.Relational("t_dense", "s_dense")
 
 
-def make_fit_items(keras, keras_kd, teacher, student_weights, x, y, batch_size, copies=1):
+def make_fit_items(keras, keras_kd, teacher, student_weights, x, y, batch_size, copies=1, kinds=PAIRS):
     def student_copy():
         student = so.build_student(keras)
         student.set_weights(student_weights)
@@ -65,7 +65,7 @@ def make_fit_items(keras, keras_kd, teacher, student_weights, x, y, batch_size, 
         return model.compile(keras.optimizers.Adam(1e-3))
 
     models = {"C0": distiller([]), "C0b": distiller([])}
-    for kind in PAIRS:
+    for kind in kinds:
         models[f"CP_{kind}"] = distiller([make_pair(keras_kd, kind) for _ in range(copies)])
     core = keras.distillation.Distiller(
         teacher=teacher,
@@ -145,8 +145,8 @@ def time_loss(run, steps):
 
 def summarize(np, rounds, args):
     ms = {name: np.asarray([r["samples"][name]["ms_per_step"] for r in rounds]) for name in rounds[0]["samples"]}
-    series = {f"(CP-C0)/L {kind}": (ms[f"CP_{kind}"] - ms["C0"]) / ms[f"L_{kind}"] for kind in PAIRS}
-    if args.copies == 1:  # Keras core's distiller has one feature term
+    series = {f"(CP-C0)/L {kind}": (ms[f"CP_{kind}"] - ms["C0"]) / ms[f"L_{kind}"] for kind in args.pairs}
+    if args.copies == 1 and "same" in args.pairs:  # Keras core's distiller has one feature term
         series["CP_same/KF"] = ms["CP_same"] / ms["KF"]
     series["C0'/C0"] = ms["C0b"] / ms["C0"]
     ratios = {}
@@ -195,11 +195,13 @@ def run_backend(args):
     y = rng.integers(0, 10, size=(n,)).astype("int32")
     teacher = so.build_teacher(keras)
     student_weights = so.build_student(keras).get_weights()
-    fit_items = make_fit_items(keras, keras_kd, teacher, student_weights, x, y, args.batch_size, args.copies)
+    fit_items = make_fit_items(
+        keras, keras_kd, teacher, student_weights, x, y, args.batch_size, args.copies, args.pairs
+    )
 
     batch = keras.ops.convert_to_tensor(x[: args.batch_size])
     loss_items = {}
-    for kind in PAIRS:
+    for kind in args.pairs:
         distiller = fit_items[f"CP_{kind}"][0]
         _, (teacher_features, *_) = distiller.teacher_forward(batch)
         _, (student_features, *_) = distiller.student_forward(batch, training=True)
@@ -246,7 +248,8 @@ def run_backend(args):
         "benchmark": "pair_overhead",
         "created": datetime.datetime.now(datetime.UTC).isoformat(timespec="seconds"),
         "config": {
-            k: getattr(args, k) for k in ("backend", "rounds", "steps", "skip_steps", "batch_size", "threads", "copies")
+            k: getattr(args, k)
+            for k in ("backend", "rounds", "steps", "skip_steps", "batch_size", "threads", "copies", "pairs")
         },
         "environment": {
             "python": platform.python_version(),
@@ -269,9 +272,10 @@ def main(argv=None):
     argv = sys.argv[1:] if argv is None else argv
     copies_parser = argparse.ArgumentParser(add_help=False)
     copies_parser.add_argument("--copies", type=int, default=1)
+    copies_parser.add_argument("--pairs", nargs="+", choices=PAIRS, default=list(PAIRS))
     known, rest = copies_parser.parse_known_args(argv)
     args = so.parse_args(rest)
-    args.copies = known.copies
+    args.copies, args.pairs = known.copies, tuple(known.pairs)
     if args.copies < 1:
         sys.exit("--copies must be at least 1")
     if args.out == so.DEFAULT_OUT:

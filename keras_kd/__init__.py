@@ -15,6 +15,7 @@ _PUBLIC = {
     "AttentionTransfer": "keras_kd.pairs",
     "Relational": "keras_kd.pairs",
     "CosineEmbedding": "keras_kd.pairs",
+    "TeacherCache": "keras_kd.cache.teacher_cache",
     "paired_inputs": "keras_kd.model_inputs",
     "callbacks": "keras_kd.callbacks",
     "losses": "keras_kd.losses",

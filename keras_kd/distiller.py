@@ -8,8 +8,9 @@ import keras
 from keras import ops
 
 from keras_kd import checks, text_pipeline
+from keras_kd.cache.teacher_cache import TeacherCache
 from keras_kd.losses._reduction import weighted_mean
-from keras_kd.model_inputs import student_view, teacher_view
+from keras_kd.model_inputs import cached_teacher_outputs, is_cached, student_padding_mask, student_view, teacher_view
 from keras_kd.pair_bindings import BoundPairs
 from keras_kd.pairs import Hint
 from keras_kd.soft_loss import deserialize as deserialize_soft_loss
@@ -64,8 +65,14 @@ class Distiller(DistillationSteps, keras.Model):
     (`distiller.temperature = 2.0`, or `keras_kd.callbacks.TemperatureScheduler`)
     and compiled steps see the new value without recompiling.
 
+    Offline distillation: with a `keras_kd.TeacherCache` as `teacher`, the teacher's logits
+    (and its paired layers' outputs) come from the cache and no step runs the teacher. Fit on
+    `cache.dataset(...)` (or `cache.attach(...)`); its batches carry the stored outputs next to
+    the student's inputs. The cache must hold logits of the student's output shape and, for
+    every pair, its teacher layer (`TeacherCache.build(..., pairs=...)`).
+
     Args:
-        teacher: a built `keras.Model` that returns logits.
+        teacher: a built `keras.Model` that returns logits, or a `keras_kd.TeacherCache`.
         student: a `keras.Model` that returns logits of the teacher's shape.
         temperature: `T > 0` that softens both distributions.
         alpha: weight of the hard-label loss in `[0, 1]`.
@@ -95,15 +102,21 @@ class Distiller(DistillationSteps, keras.Model):
         self, teacher, student, temperature=4.0, alpha=0.1, pairs=(), soft_loss="kl", name="distiller", **kwargs
     ):
         super().__init__(name=name, **kwargs)
-        checks.check_model("teacher", teacher)
-        checks.check_model("student", student)
-        checks.check_teacher_built(teacher)
-        text_pipeline.check_shared_vocabulary(teacher, student)
-        checks.check_model_pair(teacher, student)
+        self._teacher_cache = teacher if isinstance(teacher, TeacherCache) else None
+        if self._teacher_cache is not None:
+            checks.check_model("student", student)
+            _check_cache_student(teacher, student)
+        else:
+            checks.check_model("teacher", teacher)
+            checks.check_model("student", student)
+            checks.check_teacher_built(teacher)
+            text_pipeline.check_shared_vocabulary(teacher, student)
+            checks.check_model_pair(teacher, student)
         temperature = checks.check_temperature(temperature)
         alpha = checks.check_alpha(alpha)
 
-        teacher.trainable = False
+        if self._teacher_cache is None:
+            teacher.trainable = False
         self.teacher = teacher
         self.student = student
         self._temperature = self._scalar_variable("temperature", temperature)
@@ -122,7 +135,7 @@ class Distiller(DistillationSteps, keras.Model):
     def _bind_pairs(self, pairs):
         if not isinstance(pairs, (list, tuple)):
             raise TypeError(f"pairs must be a list of keras_kd.LayerPair objects, got {type(pairs).__name__}.")
-        self._bound_pairs = BoundPairs(list(pairs), self.teacher, self.student)
+        self._bound_pairs = BoundPairs(list(pairs), self.teacher, self.student, teacher_cache=self._teacher_cache)
         self.pairs = self._bound_pairs.pairs
         self.pair_loss_trackers = [keras.metrics.Mean(name=name) for name in self._bound_pairs.log_names]
         self._hint_warmup = None
@@ -264,10 +277,30 @@ class Distiller(DistillationSteps, keras.Model):
     # The forward passes and the objective, shared by every backend's step.
 
     def teacher_forward(self, x):
-        """The teacher's logits and, per pair, its paired layers' outputs: one forward pass."""
+        """The teacher's logits and, per pair, its paired layers' outputs: one forward pass.
+
+        With a teacher cache, both come from the cached batch and the teacher does not run.
+        """
+        if self._teacher_cache is not None or is_cached(x):
+            return self._cached_teacher_forward(x)
         with capture() as captured:
             logits = self.teacher(teacher_view(x), training=False)
         return logits, self._bound_pairs.features(captured, "teacher")
+
+    def _cached_teacher_forward(self, x):
+        if self._teacher_cache is None:
+            raise ValueError(
+                "This batch holds cached teacher outputs (from a TeacherCache), but this Distiller was built on a "
+                "teacher model. Build it on the cache, keras_kd.Distiller(cache, student), to train from them."
+            )
+        if not is_cached(x):
+            raise ValueError(
+                f"This Distiller reads the teacher's outputs from the cache in {self._teacher_cache.directory}, but "
+                "the batch holds plain inputs. Fit on cache.dataset(batch_size) (or cache.attach(inputs) to feed "
+                "your own copy of the cached inputs); call and predict take plain inputs."
+            )
+        logits, features = cached_teacher_outputs(x)
+        return logits, self._bound_pairs.stored_features(features)
 
     def student_forward(self, x, training):
         """The student's logits and, per pair, its paired layers' outputs: one forward pass."""
@@ -276,9 +309,21 @@ class Distiller(DistillationSteps, keras.Model):
         return logits, self._bound_pairs.features(captured, "student")
 
     def compute_distillation_loss(
-        self, y, student_logits, teacher_logits, sample_weight=None, teacher_features=(), student_features=()
+        self,
+        y,
+        student_logits,
+        teacher_logits,
+        sample_weight=None,
+        teacher_features=(),
+        student_features=(),
+        inputs=None,
     ):
-        """Returns `(loss, terms)` for one batch; `terms` holds the logged parts."""
+        """Returns `(loss, terms)` for one batch; `terms` holds the logged parts.
+
+        `inputs` (the batch's `x`) supplies a KerasHub `padding_mask`, which weights the
+        positions of sequence-valued pair terms (`Hint`, `CosineEmbedding`).
+        """
+        padding_mask = None if inputs is None else student_padding_mask(inputs)
         checks.check_output_shapes(teacher_logits.shape, student_logits.shape)
         soft = ops.cast(self._soft_term(teacher_logits, student_logits, self._temperature, sample_weight), "float32")
         if len(soft.shape):
@@ -297,7 +342,8 @@ class Distiller(DistillationSteps, keras.Model):
         for pair, name, t_features, s_features in zip(
             self.pairs, self._bound_pairs.log_names, teacher_features, student_features
         ):
-            value = pair.compute(t_features, s_features, sample_weight)
+            pair_weight = _pair_sample_weight(pair, sample_weight, padding_mask, s_features)
+            value = pair.compute(t_features, s_features, pair_weight)
             if pair.scaled_for_distribution:
                 value = self.per_replica_value(value)
             terms[name] = value
@@ -412,3 +458,35 @@ def _serialize_uncompiled(model):
     config = keras.saving.serialize_keras_object(model)
     config.pop("compile_config", None)
     return config
+
+
+def _pair_sample_weight(pair, sample_weight, padding_mask, student_features):
+    """The sample weight of one pair term: times the padding mask for (batch, positions, width) features."""
+    if padding_mask is None or not pair.position_weighted:
+        return sample_weight
+    if any(len(feature.shape) != 3 for feature in student_features) or len(padding_mask.shape) != 2:
+        return sample_weight
+    mask = ops.cast(padding_mask, "float32")
+    if sample_weight is None:
+        return mask
+    sample_weight = ops.cast(sample_weight, "float32")
+    if len(sample_weight.shape) == 1:
+        return mask * ops.expand_dims(sample_weight, -1)
+    return mask * ops.reshape(sample_weight, ops.shape(mask))
+
+
+def _check_cache_student(cache, student):
+    """The static checks of a student against a cache's stored logits."""
+    checks.check_outputs_logits("student", student)
+    outputs = getattr(student, "outputs", None)
+    if not outputs:
+        return
+    if len(outputs) != 1:
+        raise ValueError(f"{student.name!r} has {len(outputs)} outputs; a Distiller needs one output tensor of logits.")
+    student_shape = tuple(outputs[0].shape)
+    if not checks.shapes_match(student_shape, (None, *cache.logits_shape)):
+        raise ValueError(
+            f"The teacher cache in {cache.directory} holds logits of shape {(None, *cache.logits_shape)} per batch, "
+            f"but the student outputs shape {student_shape}. Give the student the teacher's number of classes "
+            "(last axis) and sequence length, or build a cache of the matching teacher."
+        )

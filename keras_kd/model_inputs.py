@@ -4,10 +4,17 @@ A KerasHub BERT teacher and a student with another vocabulary tokenize the same 
 different token ids; an image teacher may read 224 x 224 pixels where its student reads
 112 x 112. Such a batch carries both inputs in a dict with exactly the keys
 `"teacher_inputs"` and `"student_inputs"`; every other batch feeds both models the same `x`.
+
+A batch of a `keras_kd.TeacherCache` (`cache.dataset(...)`) carries the teacher's stored outputs
+instead of its inputs: a dict with the keys `"student_inputs"`, `"teacher_logits"` and, when the
+cache holds pair features, `"teacher_features"` (per pair, one array per teacher layer).
 """
 
 TEACHER_KEY = "teacher_inputs"
 STUDENT_KEY = "student_inputs"
+LOGITS_KEY = "teacher_logits"
+TEACHER_FEATURES_KEY = "teacher_features"
+CACHED_KEYS = frozenset({STUDENT_KEY, LOGITS_KEY, TEACHER_FEATURES_KEY})
 
 
 def paired_inputs(teacher_inputs, student_inputs):
@@ -29,6 +36,22 @@ def is_paired(x):
     return isinstance(x, dict) and set(x) == {TEACHER_KEY, STUDENT_KEY}
 
 
+def is_cached(x):
+    """Whether batch input `x` comes from a teacher cache (stored teacher outputs, no teacher inputs)."""
+    return isinstance(x, dict) and STUDENT_KEY in x and LOGITS_KEY in x and set(x) <= CACHED_KEYS
+
+
+def cached_teacher_outputs(x):
+    """`(teacher_logits, teacher_features)` stored in a cached batch input `x`."""
+    return x[LOGITS_KEY], x.get(TEACHER_FEATURES_KEY, [])
+
+
+def student_padding_mask(x):
+    """The KerasHub `padding_mask` (batch, positions) of what the student reads, or None."""
+    inputs = student_view(x)
+    return inputs.get("padding_mask") if isinstance(inputs, dict) else None
+
+
 def teacher_view(x):
     """What the teacher reads of batch input `x`."""
     return x[TEACHER_KEY] if is_paired(x) else x
@@ -36,4 +59,4 @@ def teacher_view(x):
 
 def student_view(x):
     """What the student reads of batch input `x`."""
-    return x[STUDENT_KEY] if is_paired(x) else x
+    return x[STUDENT_KEY] if is_paired(x) or is_cached(x) else x

@@ -25,9 +25,14 @@ def log_names(pairs):
 
 
 class BoundPairs:
-    """The pairs of one distiller, with the teacher and student layers they read."""
+    """The pairs of one distiller, with the teacher and student layers they read.
 
-    def __init__(self, pairs, teacher, student):
+    With `teacher_cache` (a `keras_kd.TeacherCache`; `teacher` is then unused) the teacher side
+    comes from the cache: the shapes are the stored features' shapes, and `stored_features` picks
+    each pair's teacher outputs out of a cached batch.
+    """
+
+    def __init__(self, pairs, teacher, student, teacher_cache=None):
         for pair in pairs:
             if not isinstance(pair, LayerPair):
                 raise TypeError(
@@ -36,9 +41,18 @@ class BoundPairs:
                 )
         self.pairs = list(pairs)
         self.log_names = log_names(self.pairs)
-        self.teacher_layers = [[layer_paths.resolve(teacher, t, "teacher") for t, _ in p.layer_pairs] for p in pairs]
+        if teacher_cache is None:
+            self.teacher_layers = [
+                [layer_paths.resolve(teacher, t, "teacher") for t, _ in p.layer_pairs] for p in pairs
+            ]
+        else:
+            self.teacher_layers = []
+            self.stored_locations = [[_stored_location(teacher_cache, p, t) for t, _ in p.layer_pairs] for p in pairs]
         self.student_layers = [[layer_paths.resolve(student, s, "student") for _, s in p.layer_pairs] for p in pairs]
-        teacher_shapes = self._shapes(teacher, self.teacher_layers, "teacher")
+        if teacher_cache is None:
+            teacher_shapes = self._shapes(teacher, self.teacher_layers, "teacher")
+        else:
+            teacher_shapes = [[(None, *teacher_cache.feature_shape(t)) for t, _ in p.layer_pairs] for p in pairs]
         student_shapes = self._shapes(student, self.student_layers, "student")
         for layers in self.teacher_layers + self.student_layers:
             for layer in layers:
@@ -76,6 +90,10 @@ class BoundPairs:
             for pair, layers in zip(self.pairs, layers_per_pair)
         ]
 
+    def stored_features(self, cached_features):
+        """Per pair, its teacher layers' outputs from a cached batch's `teacher_features`."""
+        return [[cached_features[i][j] for i, j in locations] for locations in self.stored_locations]
+
     def hints(self):
         return [pair for pair in self.pairs if isinstance(pair, Hint)]
 
@@ -87,3 +105,15 @@ class BoundPairs:
             for regressor in pair.regressors():
                 variables += regressor.trainable_variables
         return variables
+
+
+def _stored_location(cache, pair, path):
+    location = cache.feature_location(path)
+    if location is None:
+        held = [path for paths in cache.pair_paths for path in paths]
+        raise ValueError(
+            f"{pair.describe()}: the teacher cache in {cache.directory} holds no output of the teacher layer "
+            f"{path!r}; it holds the outputs of {held or 'no teacher layers'}. Rebuild the cache with this pair: "
+            "keras_kd.TeacherCache.build(teacher, data, directory, pairs=[...])."
+        )
+    return location

@@ -106,6 +106,10 @@ class LayerPair(keras.layers.Layer):
         """Layers this pair trains along with the student."""
         return []
 
+    # Whether a KerasHub padding mask in the student's inputs should weight this term's positions
+    # (the distiller passes it, times the sample weight, for (batch, positions, width) features).
+    position_weighted = False
+
     def compute(self, teacher_features, student_features, sample_weight=None):
         """The term's contribution to the loss; `*_features` hold one tensor per layer pair."""
         (teacher,), (student,) = teacher_features, student_features
@@ -173,6 +177,7 @@ class Hint(LayerPair):
     """
 
     kind = "hint"
+    position_weighted = True
 
     def __init__(self, teacher_layer, student_layer, weight=1.0, regressor="auto", name=None, **kwargs):
         super().__init__(teacher_layer, student_layer, weight=weight, name=name, **kwargs)
@@ -343,8 +348,9 @@ class Relational(LayerPair):
 class CosineEmbedding(LayerPair):
     """DistilBERT's hidden-state term: `weight * mean(1 - cos(h_t, h_s))` over positions.
 
-    Padding positions (a KerasHub padding mask, which arrives as the sample
-    weight) are left out of the mean. The two hidden states must have the same
+    Padding positions are left out of the mean: the `padding_mask` of a KerasHub
+    model's inputs (and a per-position sample weight, as a causal LM's
+    preprocessor gives) weights the positions. The two hidden states must have the same
     shape; for different widths use `Hint`, which learns a projection.
 
     Example:
@@ -358,6 +364,7 @@ class CosineEmbedding(LayerPair):
     """
 
     kind = "cosine"
+    position_weighted = True
 
     def bind(self, teacher_shapes, student_shapes):
         (teacher_shape,), (student_shape,) = teacher_shapes, student_shapes

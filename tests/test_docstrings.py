@@ -12,6 +12,9 @@ MODULES = [
     "keras_kd.losses.attention",
     "keras_kd.losses.relational",
     "keras_kd.callbacks",
+    "keras_kd.cache.teacher_cache",
+    "keras_kd.cache.store",
+    "keras_kd.model_inputs",
     "keras_kd.hub.student",
 ]
 

@@ -140,6 +140,28 @@ def test_tf_dataset_of_strings_and_validation_split():
     assert np.isfinite(history.history["val_loss"][0])
 
 
+def test_padding_mask_keeps_padded_positions_out_of_the_cosine_term():
+    teacher = bert_classifier(bert_vocabulary(), sequence_length=12)
+    student = bert_classifier(bert_vocabulary(), sequence_length=12, num_layers=1, seed=5)
+    pair = keras_kd.CosineEmbedding("backbone/transformer_layer_1", "backbone/transformer_layer_0")
+    distiller = keras_kd.Distiller(teacher, student, pairs=[pair]).compile(optimizer="adam")
+    tokens = keras.tree.map_structure(lambda t: keras.ops.convert_to_numpy(t).copy(), teacher.preprocessor(TEXTS))
+    padded = ~tokens["padding_mask"].astype(bool)
+    assert padded.any()
+    noisy = dict(tokens, token_ids=np.where(padded, 7, tokens["token_ids"]).astype(tokens["token_ids"].dtype))
+
+    def cosine(x):
+        return distiller.evaluate(x, LABELS, batch_size=len(TEXTS), return_dict=True, verbose=0)["cosine_loss"]
+
+    reference = cosine(tokens)
+    assert reference > 1e-3
+    np.testing.assert_allclose(cosine(noisy), reference, rtol=1e-5)
+    # Without the mask, what the padding holds moves the term: the test can fail.
+    pair.position_weighted = False
+    distiller.make_test_function(force=True)
+    assert abs(cosine(noisy) - cosine(tokens)) > 1e-3 * reference
+
+
 def test_pre_tokenized_dicts_need_no_preprocessing():
     teacher = bert_classifier(bert_vocabulary(), sequence_length=12)
     student = student_from_teacher(teacher, 1)

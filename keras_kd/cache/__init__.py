@@ -1,7 +1,9 @@
 """Storage layer of the offline teacher cache: the teacher's outputs, computed once, stored on disk.
 
-This package is NumPy and the standard library only (it imports neither Keras nor a backend), so
-a cache written under one backend reads under any other.
+The storage layer (`ShardStore`, the fingerprints) is NumPy and the standard library only (it imports
+neither Keras nor a backend), so a cache written under one backend reads under any other.
+`TeacherCache` (in `teacher_cache.py`, loaded on first use because it imports Keras) runs the teacher
+and stores its outputs with it.
 
 On-disk format (`"format": "keras_kd.teacher_cache/1"`)
 -------------------------------------------------------
@@ -51,4 +53,12 @@ from keras_kd.cache.fingerprints import example_fingerprints, teacher_fingerprin
 from keras_kd.cache.shards import CacheCorruptError
 from keras_kd.cache.store import ShardStore
 
-__all__ = ["ShardStore", "CacheCorruptError", "example_fingerprints", "teacher_fingerprint"]
+__all__ = ["ShardStore", "CacheCorruptError", "TeacherCache", "example_fingerprints", "teacher_fingerprint"]
+
+
+def __getattr__(name):
+    if name == "TeacherCache":
+        from keras_kd.cache.teacher_cache import TeacherCache
+
+        return TeacherCache
+    raise AttributeError(f"module 'keras_kd.cache' has no attribute {name!r}")

@@ -37,7 +37,7 @@ class DistillationSteps:
         with self._model_scope(trainable_values, non_trainable_values) as scope:
             student_logits, student_features = self.student_forward(x, training=training)
             loss, terms = self.compute_distillation_loss(
-                y, student_logits, teacher_logits, sample_weight, teacher_features, student_features
+                y, student_logits, teacher_logits, sample_weight, teacher_features, student_features, inputs=x
             )
         non_trainable_values = _current_values(scope, self.non_trainable_variables, non_trainable_values)
         return loss, (terms, student_logits, non_trainable_values)

@@ -24,7 +24,7 @@ class DistillationSteps:
         with tf.GradientTape() as tape:
             student_logits, student_features = self.student_forward(x, training=True)
             loss, terms = self.compute_distillation_loss(
-                y, student_logits, teacher_logits, sample_weight, teacher_features, student_features
+                y, student_logits, teacher_logits, sample_weight, teacher_features, student_features, inputs=x
             )
             scaled_loss = self.optimizer.scale_loss(loss / self._replicas())
         variables = self.trainable_variables
@@ -37,6 +37,6 @@ class DistillationSteps:
         teacher_logits, teacher_features = self.teacher_forward(x)
         student_logits, student_features = self.student_forward(x, training=False)
         loss, terms = self.compute_distillation_loss(
-            y, student_logits, teacher_logits, sample_weight, teacher_features, student_features
+            y, student_logits, teacher_logits, sample_weight, teacher_features, student_features, inputs=x
         )
         return self.update_distillation_metrics(loss, terms, x, y, student_logits, sample_weight)

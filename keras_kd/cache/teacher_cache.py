@@ -1,0 +1,593 @@
+"""`TeacherCache`: the teacher's outputs computed once, stored on disk, streamed back for training.
+
+Offline distillation runs the teacher over the data once (`TeacherCache.build`) and trains the
+student from the stored outputs (`keras_kd.Distiller(cache, student)` fitted on
+`cache.dataset(...)`), so no training step runs the teacher.
+
+What a cache stores (per example, in the shards of a `keras_kd.cache.ShardStore`)
+-------------------------------------------------------------------------------
+
+* `x` or `x/<path>`: every input array of the student; `<path>` is the position in a dict/list
+  input (`x/image`, `x/token_ids`, `x/0`, `x/a/1`). The nesting is kept in the metadata's
+  `inputs`. When the data's `x` is `keras_kd.paired_inputs(teacher_x, student_x)`, the teacher
+  reads `teacher_x` and only `student_x` is stored. Inputs are arrays: tokenize raw strings first.
+* `y`, `sample_weight`: when the data has them.
+* `teacher/logits`: the teacher's output, in the cache's `dtype` (`"float16"` by default, or
+  `"float32"`); read back as float32.
+* `teacher/feature/<pair index>/<layer index>`: for each `keras_kd.LayerPair` given to `build`,
+  the output of each of its teacher layers, in the same dtype.
+* `fingerprint`: `example_fingerprints` of the example's whole `x` (16 bytes).
+
+The manifest's metadata holds `kind` (`"keras_kd.TeacherCache"`), `teacher` (the
+`teacher_fingerprint`), `dtype`, `pair_paths` (the teacher layer paths of each pair), `inputs`
+(the nesting of `x`), `has_labels` and `has_sample_weight`.
+
+What a batch of `cache.dataset(...)` holds
+------------------------------------------
+
+`(x, y)`, `(x, y, sample_weight)`, or `x` alone when the cache has no labels, where `x` is
+`{"student_inputs": <the stored inputs>, "teacher_logits": float32 array, "teacher_features":
+((array per teacher layer) per pair)}` (the last key only when the cache holds pair features;
+tuples because tf.data refuses lists).
+A `Distiller` built on the cache reads the teacher's side of its loss from these keys.
+
+Example:
+
+>>> import tempfile, numpy as np, keras, keras_kd
+>>> teacher = keras.Sequential([keras.Input((4,)), keras.layers.Dense(3)])
+>>> x, y = np.random.rand(40, 4).astype("float32"), np.random.randint(0, 3, 40)
+>>> cache = keras_kd.TeacherCache.build(teacher, (x, y), tempfile.mkdtemp(), batch_size=16, verbose=0)
+>>> len(cache), cache.logits_shape, cache.has_labels
+(40, (3,), True)
+>>> student = keras.Sequential([keras.Input((4,)), keras.layers.Dense(3)])
+>>> distiller = keras_kd.Distiller(cache, student).compile(optimizer="adam")
+>>> history = distiller.fit(cache.dataset(batch_size=16), epochs=1, verbose=0)
+>>> sorted(history.history)
+['hard_loss', 'loss', 'soft_loss']
+"""
+
+import itertools
+import os
+
+import keras
+import numpy as np
+
+from keras_kd import checks, layer_paths
+from keras_kd.cache.fingerprints import _to_numpy, example_fingerprints, teacher_fingerprint
+from keras_kd.cache.store import ShardStore
+from keras_kd.model_inputs import LOGITS_KEY, STUDENT_KEY, TEACHER_FEATURES_KEY, student_view, teacher_view
+from keras_kd.pairs import LayerPair
+from keras_kd.taps import capture, captured_output, install_tap
+
+KIND = "keras_kd.TeacherCache"
+DTYPES = ("float16", "float32")
+LOGITS = "teacher/logits"
+FINGERPRINT = "fingerprint"
+
+
+def feature_key(pair_index, layer_index):
+    return f"teacher/feature/{pair_index}/{layer_index}"
+
+
+# ----------------------------------------------------------------------------- input structure
+
+
+def _input_spec(x, key="x"):
+    """The nesting of `x` as JSON, with each leaf replaced by the key it is stored under."""
+    if isinstance(x, dict):
+        for name in x:
+            if not isinstance(name, str):
+                raise TypeError(f"Input dicts need str keys to be cached; got the key {name!r}.")
+        return {"dict": {name: _input_spec(value, f"{key}/{name}") for name, value in x.items()}}
+    if isinstance(x, (list, tuple)):
+        kind = "list" if isinstance(x, list) else "tuple"
+        return {kind: [_input_spec(value, f"{key}/{i}") for i, value in enumerate(x)]}
+    return key
+
+
+def _leaves(spec, x):
+    """`[(key, leaf)]` of `x` following `spec`."""
+    if isinstance(spec, str):
+        return [(spec, x)]
+    if "dict" in spec:
+        return [item for name, sub in spec["dict"].items() for item in _leaves(sub, x[name])]
+    kind = "list" if "list" in spec else "tuple"
+    return [item for i, sub in enumerate(spec[kind]) for item in _leaves(sub, x[i])]
+
+
+def _restore(spec, arrays):
+    if isinstance(spec, str):
+        return arrays[spec]
+    if "dict" in spec:
+        return {name: _restore(sub, arrays) for name, sub in spec["dict"].items()}
+    if "list" in spec:
+        return [_restore(sub, arrays) for sub in spec["list"]]
+    return tuple(_restore(sub, arrays) for sub in spec["tuple"])
+
+
+def _numpy_tree(structure):
+    return keras.tree.map_structure(_to_numpy, structure)
+
+
+def _batch_size_of(x):
+    return int(np.shape(keras.tree.flatten(x)[0])[0])
+
+
+def _slice(structure, start, stop=None):
+    return keras.tree.map_structure(lambda a: a[start:stop], structure)
+
+
+def _take(structure, indices):
+    return keras.tree.map_structure(lambda a: np.asarray(a)[indices], structure)
+
+
+# ----------------------------------------------------------------------------- data
+
+
+def _is_array_like(value):
+    return isinstance(value, np.ndarray) or (hasattr(value, "shape") and hasattr(value, "dtype"))
+
+
+def _is_in_memory(data):
+    """Arrays, dicts/lists of arrays, or a tuple `(x, y[, sample_weight])` of them (not a dataset)."""
+    if isinstance(data, (dict, list, tuple)):
+        leaves = [leaf for leaf in keras.tree.flatten(data) if leaf is not None]
+        return bool(leaves) and all(_is_array_like(leaf) for leaf in leaves)
+    return _is_array_like(data)
+
+
+def _unpack(batch):
+    if isinstance(batch, tuple):
+        if not 1 <= len(batch) <= 3:
+            raise ValueError(
+                f"A batch must be x, (x, y) or (x, y, sample_weight); got a tuple of {len(batch)} elements."
+            )
+        return tuple(batch) + (None,) * (3 - len(batch))
+    return batch, None, None
+
+
+def _array_batches(data, batch_size):
+    """Batches `(x, y, sample_weight)` of in-memory data, in order."""
+    x, y, sample_weight = _unpack(data)
+    total = _batch_size_of(x)
+    for start in range(0, total, batch_size):
+        stop = min(start + batch_size, total)
+        yield tuple(None if part is None else _slice(part, start, stop) for part in (x, y, sample_weight))
+
+
+def _batches(data, batch_size):
+    """Yields `(x, y, sample_weight)` of NumPy arrays, in the data's order."""
+    if _is_in_memory(data):
+        if batch_size is None:
+            batch_size = 32
+        if isinstance(batch_size, bool) or not isinstance(batch_size, int) or batch_size < 1:
+            raise ValueError(f"batch_size must be an int >= 1, got {batch_size!r}.")
+        yield from (_numpy_tree_parts(b) for b in _array_batches(data, batch_size))
+        return
+    if batch_size is not None:
+        raise ValueError(
+            "batch_size is for in-memory arrays; a dataset is already batched (batch it with .batch(n) instead)."
+        )
+    if isinstance(data, keras.utils.PyDataset):
+        iterator = (data[i] for i in range(len(data)))
+    elif hasattr(data, "as_numpy_iterator"):
+        iterator = data.as_numpy_iterator()
+    elif hasattr(data, "__iter__"):
+        iterator = iter(data)
+    else:
+        raise TypeError(
+            "data must be a batched tf.data.Dataset (or another iterable of batches), a keras.utils.PyDataset, "
+            f"or NumPy arrays (x, a dict of arrays, or a tuple (x, y[, sample_weight])); got {type(data).__name__}."
+        )
+    for batch in iterator:
+        yield _numpy_tree_parts(_unpack(batch))
+
+
+def _numpy_tree_parts(parts):
+    return tuple(None if part is None else _numpy_tree(part) for part in parts)
+
+
+# ----------------------------------------------------------------------------- the cache
+
+
+def _check_dtype(dtype):
+    name = getattr(dtype, "name", dtype)
+    if name not in DTYPES:
+        raise ValueError(f"dtype must be 'float16' or 'float32' (how the teacher's outputs are stored), got {dtype!r}.")
+    return name
+
+
+def _check_pairs(pairs):
+    if not isinstance(pairs, (list, tuple)):
+        raise TypeError(f"pairs must be a list of keras_kd.LayerPair objects, got {type(pairs).__name__}.")
+    for pair in pairs:
+        if not isinstance(pair, LayerPair):
+            raise TypeError(f"pairs must hold keras_kd.LayerPair objects (Hint, AttentionTransfer, ...); got {pair!r}.")
+    return [[teacher_path for teacher_path, _ in pair.layer_pairs] for pair in pairs]
+
+
+def _single_output(value, what):
+    if not _is_array_like(value) or isinstance(value, (dict, list, tuple)):
+        raise ValueError(f"{what} must be one tensor to be cached; got {type(value).__name__}.")
+    return value
+
+
+@keras.saving.register_keras_serializable(package="keras_kd")
+class TeacherCache:
+    """A complete teacher cache, opened for reading: `TeacherCache(directory)`.
+
+    Make one with `TeacherCache.build(teacher, data, directory, ...)`. See the module docstring
+    (`keras_kd.cache.teacher_cache`) for what is stored and what its batches hold.
+
+    Args:
+        directory: a directory written by `TeacherCache.build`.
+        cache_shards: how many shards stay in memory once read (see `dataset` for how shuffling
+            uses them).
+    """
+
+    def __init__(self, directory, cache_shards=4):
+        self._store = ShardStore.open(directory, cache_shards=cache_shards)
+        self._cache_shards = cache_shards
+        metadata = self._store.metadata
+        if metadata.get("kind") != KIND:
+            raise ValueError(
+                f"{directory} holds a ShardStore that is not a TeacherCache (its metadata kind is "
+                f"{metadata.get('kind')!r}). Build it with keras_kd.TeacherCache.build."
+            )
+        self._metadata = metadata
+        self._schema = self._store.schema
+
+    # ------------------------------------------------------------------------- building
+
+    @classmethod
+    def build(
+        cls,
+        teacher,
+        data,
+        directory,
+        pairs=(),
+        dtype="float16",
+        batch_size=None,
+        examples_per_shard=1024,
+        verbose=1,
+    ):
+        """Runs `teacher` once over `data` and stores its outputs in `directory`; returns the opened cache.
+
+        Args:
+            teacher: a built `keras.Model` returning one tensor of logits. It runs with
+                `training=False`, once per batch.
+            data: a batched `tf.data.Dataset` (or another iterable of batches, or a
+                `keras.utils.PyDataset`) yielding `x`, `(x, y)` or `(x, y, sample_weight)`; or
+                in-memory NumPy data: `x` (an array or a dict/list of arrays) or a tuple
+                `(x, y)` / `(x, y, sample_weight)` of them, batched by `batch_size`. `x` may be any
+                nesting of dicts and lists of arrays with one leading batch axis. Every batch must
+                have the same structure and per-example shapes (pad sequences to one length).
+            directory: where to write the cache (a new or empty directory, or one holding an
+                interrupted build of the same teacher, pairs and dtype, which is resumed).
+            pairs: `keras_kd.LayerPair` objects (`Hint`, `AttentionTransfer`, ...) whose teacher
+                layers' outputs are stored too, so that a distiller with these pairs can train
+                from the cache. Only the teacher side is used here.
+            dtype: how outputs are stored: `"float16"` (default, half the disk) or `"float32"`.
+            batch_size: the batch size for in-memory arrays (default 32); not for datasets.
+            examples_per_shard: examples per shard file.
+            verbose: 1 shows a progress bar, 0 is silent.
+
+        Resuming: when `directory` holds an interrupted build with the same metadata (teacher
+        fingerprint, dtype, pair paths, input structure, labels), the examples already stored are
+        skipped (the teacher does not run on them) after checking that their fingerprints equal
+        the stored ones; a difference means that the data changed since, and is an error. A
+        directory holding the complete cache of the same teacher and data is verified the same
+        way and returned as it is.
+        """
+        checks.check_model("teacher", teacher)
+        checks.check_teacher_built(teacher)
+        dtype = _check_dtype(dtype)
+        pair_paths = _check_pairs(pairs)
+        layers = [[layer_paths.resolve(teacher, path, "teacher") for path in paths] for paths in pair_paths]
+        for layer in itertools.chain.from_iterable(layers):
+            install_tap(layer)
+
+        batches = _batches(data, batch_size)
+        first = next(batches, None)
+        if first is None:
+            raise ValueError("data is empty: there is nothing to run the teacher on.")
+        x0, y0, sw0 = first
+        metadata = {
+            "kind": KIND,
+            "teacher": teacher_fingerprint(teacher),
+            "dtype": dtype,
+            "pair_paths": pair_paths,
+            "inputs": _input_spec(student_view(x0)),
+            "has_labels": y0 is not None,
+            "has_sample_weight": sw0 is not None,
+        }
+        store = ShardStore.create(directory, metadata, examples_per_shard=examples_per_shard)
+        skip = store.stored_examples
+        progbar = keras.utils.Progbar(None, unit_name="example") if verbose else None
+        position = 0
+        for x, y, sample_weight in itertools.chain([first], batches):
+            n = _batch_size_of(x)
+            if (y is not None, sample_weight is not None) != (metadata["has_labels"], metadata["has_sample_weight"]):
+                raise ValueError(
+                    f"The batch at example {position} has {'labels' if y is not None else 'no labels'} and "
+                    f"{'sample weights' if sample_weight is not None else 'no sample weights'}, unlike the first "
+                    "batch. Every batch must have the same structure."
+                )
+            fingerprints = example_fingerprints(x)
+            done = min(max(skip - position, 0), n)
+            if done:
+                _check_resumed(store, position, fingerprints[:done], directory)
+            if done < n:
+                if done:  # the first `done` examples of this batch were stored before the interruption
+                    x, y, sample_weight = (
+                        None if part is None else _slice(part, done) for part in (x, y, sample_weight)
+                    )
+                with capture() as captured:
+                    logits = teacher(_to_tensors(teacher_view(x)), training=False)
+                arrays = {key: np.asarray(leaf) for key, leaf in _leaves(metadata["inputs"], student_view(x))}
+                if y is not None:
+                    arrays["y"] = np.asarray(y)
+                if sample_weight is not None:
+                    arrays["sample_weight"] = np.asarray(sample_weight)
+                logits = _single_output(logits, f"The teacher {teacher.name!r}'s output")
+                arrays[LOGITS] = keras.ops.convert_to_numpy(logits).astype(dtype)
+                for i, (paths, pair_layers) in enumerate(zip(pair_paths, layers)):
+                    for j, (path, layer) in enumerate(zip(paths, pair_layers)):
+                        value = captured_output(captured, layer, path, "teacher")
+                        arrays[feature_key(i, j)] = keras.ops.convert_to_numpy(value).astype(dtype)
+                arrays[FINGERPRINT] = fingerprints[done:]
+                store.append(arrays)
+            position += n
+            if progbar is not None:
+                progbar.update(position)
+        if position < skip:
+            raise ValueError(
+                f"The interrupted build in {directory} stored {skip} examples, but the data has only {position}: "
+                "the data changed since. Use a fresh directory, or delete this one to rebuild."
+            )
+        store.finish()
+        return cls(directory)
+
+    # ------------------------------------------------------------------------- reading
+
+    @property
+    def directory(self):
+        return self._store.directory
+
+    def __len__(self):
+        return len(self._store)
+
+    def __repr__(self):
+        return f"<TeacherCache {self.directory!r}: {len(self)} examples, logits {self.logits_shape} {self.dtype}>"
+
+    @property
+    def teacher_fingerprint(self):
+        """The `teacher_fingerprint` of the teacher that produced the outputs."""
+        return self._metadata["teacher"]
+
+    @property
+    def dtype(self):
+        """How outputs are stored on disk (`"float16"` or `"float32"`); they are read as float32."""
+        return self._metadata["dtype"]
+
+    @property
+    def pair_paths(self):
+        """Per pair given to `build`, the teacher layer paths whose outputs are stored."""
+        return [list(paths) for paths in self._metadata["pair_paths"]]
+
+    @property
+    def logits_shape(self):
+        """The shape of the teacher's logits for one example (no batch axis)."""
+        return self._schema[LOGITS][1]
+
+    @property
+    def has_labels(self):
+        return bool(self._metadata["has_labels"])
+
+    @property
+    def has_sample_weight(self):
+        return bool(self._metadata["has_sample_weight"])
+
+    def feature_location(self, path):
+        """`(pair index, layer index)` of the first stored output of the teacher layer `path`, or None."""
+        for i, paths in enumerate(self._metadata["pair_paths"]):
+            for j, stored in enumerate(paths):
+                if stored == path:
+                    return i, j
+        return None
+
+    def feature_shape(self, path):
+        """The stored output shape of the teacher layer `path` for one example (no batch axis)."""
+        i, j = self.feature_location(path)
+        return self._schema[feature_key(i, j)][1]
+
+    def fingerprints(self, indices=None):
+        """The stored `example_fingerprints` (all examples, or those at `indices`)."""
+        indices = np.arange(len(self)) if indices is None else np.asarray(indices)
+        return self._store.get(indices)[FINGERPRINT]
+
+    def _shuffled_order(self, rng):
+        """Every example once: fully shuffled, or shuffled within random windows of `cache_shards` shards."""
+        # The shard spans of the store (same package): example `i` of shard `k` is `starts[k] + i`.
+        starts, ends = self._store._starts, self._store._ends
+        window = max(int(self._cache_shards), 1)
+        if len(starts) <= window:
+            return rng.permutation(len(self))
+        shards = rng.permutation(len(starts))
+        groups = [shards[i : i + window] for i in range(0, len(shards), window)]
+        return np.concatenate(
+            [rng.permutation(np.concatenate([np.arange(starts[k], ends[k]) for k in group])) for group in groups]
+        )
+
+    def _teacher_side(self, arrays):
+        x = {LOGITS_KEY: arrays[LOGITS].astype("float32")}
+        if self._metadata["pair_paths"]:
+            # Tuples, not lists: tf.data (Keras's PyDataset adapter on TensorFlow) refuses lists.
+            x[TEACHER_FEATURES_KEY] = tuple(
+                tuple(arrays[feature_key(i, j)].astype("float32") for j in range(len(paths)))
+                for i, paths in enumerate(self._metadata["pair_paths"])
+            )
+        return x
+
+    def _pack(self, student_inputs, arrays):
+        x = {STUDENT_KEY: student_inputs, **self._teacher_side(arrays)}
+        if not self.has_labels:
+            return x
+        if self.has_sample_weight:
+            return x, arrays["y"], arrays["sample_weight"]
+        return x, arrays["y"]
+
+    def batch(self, indices):
+        """The batch of the examples at `indices`, as `dataset` yields it."""
+        arrays = self._store.get(np.asarray(indices))
+        return self._pack(_restore(self._metadata["inputs"], arrays), arrays)
+
+    def dataset(self, batch_size=32, shuffle=True, seed=None):
+        """A `keras.utils.PyDataset` over the cache, for `Distiller(cache, student).fit(...)`.
+
+        Each epoch visits every example once, reshuffled every epoch when `shuffle` (from a
+        NumPy generator seeded with `seed`); the last batch may be smaller. When the whole cache
+        fits in the `cache_shards` shards kept in memory, the shuffle is a full permutation;
+        otherwise the shards are visited in a random order, `cache_shards` at a time, with the
+        examples of those shards shuffled together (like a shuffle buffer of that many shards),
+        so that each shard is read from disk once per epoch. Batches are
+        `(x, y)`, `(x, y, sample_weight)` or `x` as stored, with `x` the dict described in
+        `keras_kd.cache.teacher_cache`; logits and features come back as float32.
+
+        Keras's `fit` also shuffles the order of a `PyDataset`'s batches unless given
+        `shuffle=False`: for a fixed order pass `shuffle=False` to both.
+        """
+        return _CacheDataset(self, batch_size, shuffle, seed)
+
+    def attach(self, data, batch_size=None, shuffle=False):
+        """Pairs your own inputs with the cached outputs, after checking that they are the same inputs.
+
+        `data` holds the inputs the cache was built on, in the same order: in-memory arrays
+        (`x`, or `(x, y[, sample_weight])`, batched by `batch_size`, default 32) give a
+        `keras.utils.PyDataset` that can be shuffled (inputs and outputs together, every epoch);
+        a batched dataset or another iterable gives a one-pass generator (`shuffle` must be
+        False; call `attach` again for each epoch). Batches have the structure of `dataset`'s,
+        with `student_inputs` (and `y`, `sample_weight` where `data` has them, else the stored
+        ones) taken from `data`.
+
+        Every batch's `example_fingerprints` are compared with the stored ones of those
+        positions: reordered, different or augmented inputs raise a ValueError, since the cached
+        outputs would not belong to them. Augmented inputs need online distillation: pass the
+        teacher model to the Distiller instead of a cache.
+        """
+        if _is_in_memory(data):
+            if batch_size is None:
+                batch_size = 32
+            return _AttachedArrays(self, data, batch_size, shuffle)
+        if shuffle:
+            raise ValueError(
+                "attach can only shuffle in-memory arrays; shuffling a dataset would reorder its inputs away from "
+                "the cached outputs. Pass arrays, or shuffle=False."
+            )
+        return self._attach_batches(data, batch_size)
+
+    def _attach_batches(self, data, batch_size):
+        position = 0
+        for x, y, sample_weight in _batches(data, batch_size):
+            n = _batch_size_of(x)
+            indices = np.arange(position, position + n)
+            if position + n > len(self):
+                raise ValueError(
+                    f"The inputs differ from those the cache in {self.directory} was built on: they hold more than "
+                    f"its {len(self)} examples."
+                )
+            yield self._attached_batch(x, y, sample_weight, indices)
+            position += n
+
+    def _attached_batch(self, x, y, sample_weight, indices):
+        arrays = self._store.get(indices)
+        mismatch = np.flatnonzero(np.any(example_fingerprints(x) != arrays[FINGERPRINT], axis=1))
+        if mismatch.size:
+            raise ValueError(
+                f"The inputs differ from those the cache in {self.directory} was built on: the example at "
+                f"position {int(indices[mismatch[0]])} (and {mismatch.size - 1} more in this batch) does not match "
+                "the stored fingerprint. The inputs were reordered, are other examples, or are augmented. Feed the "
+                "inputs unchanged and in the order of the build, or use cache.dataset(...). Augmented inputs need "
+                "online distillation: pass the teacher model to keras_kd.Distiller instead of a cache."
+            )
+        if y is not None:
+            arrays["y"] = y
+        if sample_weight is not None:
+            arrays["sample_weight"] = sample_weight
+        has_labels = "y" in arrays
+        x = {STUDENT_KEY: student_view(x), **self._teacher_side(arrays)}
+        if not has_labels:
+            return x
+        if "sample_weight" in arrays:
+            return x, arrays["y"], arrays["sample_weight"]
+        return x, arrays["y"]
+
+    # ------------------------------------------------------------------------- serialization
+
+    def get_config(self):
+        return {"directory": os.path.abspath(self.directory)}
+
+    @classmethod
+    def from_config(cls, config):
+        return cls(config["directory"])
+
+
+def _to_tensors(x):
+    return keras.tree.map_structure(keras.ops.convert_to_tensor, x)
+
+
+def _check_resumed(store, position, fingerprints, directory):
+    stored = store.get(np.arange(position, position + len(fingerprints)))[FINGERPRINT]
+    mismatch = np.flatnonzero(np.any(stored != fingerprints, axis=1))
+    if mismatch.size:
+        raise ValueError(
+            f"The data changed since the interrupted build in {directory}: example {position + int(mismatch[0])} "
+            "does not match the one stored there (different, reordered or augmented inputs). Resume with the same "
+            "data in the same order (no shuffling, no augmentation), or use a fresh directory."
+        )
+
+
+class _CacheDataset(keras.utils.PyDataset):
+    def __init__(self, cache, batch_size, shuffle, seed):
+        super().__init__()
+        if isinstance(batch_size, bool) or not isinstance(batch_size, int) or batch_size < 1:
+            raise ValueError(f"batch_size must be an int >= 1, got {batch_size!r}.")
+        self.cache = cache
+        self.batch_size = batch_size
+        self.shuffle = bool(shuffle)
+        self._rng = np.random.default_rng(seed)
+        self._order = np.arange(len(cache))
+        self.on_epoch_end()
+
+    def _indices(self, index):
+        if not 0 <= index < len(self):
+            raise IndexError(f"Batch {index} is out of range: this dataset has {len(self)} batches.")
+        return self._order[index * self.batch_size : (index + 1) * self.batch_size]
+
+    def __len__(self):
+        return -(-len(self.cache) // self.batch_size)
+
+    def __getitem__(self, index):
+        return self.cache.batch(self._indices(index))
+
+    def on_epoch_end(self):
+        if self.shuffle:
+            self._order = self.cache._shuffled_order(self._rng)
+
+
+class _AttachedArrays(_CacheDataset):
+    def __init__(self, cache, data, batch_size, shuffle):
+        x, y, sample_weight = _unpack(data)
+        n = _batch_size_of(x)
+        if n != len(cache):
+            raise ValueError(
+                f"The inputs differ from those the cache in {cache.directory} was built on: they hold {n} examples, "
+                f"the cache {len(cache)}."
+            )
+        self._parts = _numpy_tree_parts((x, y, sample_weight))
+        super().__init__(cache, batch_size, shuffle, seed=None)
+
+    def __getitem__(self, index):
+        indices = self._indices(index)
+        x, y, sample_weight = (None if part is None else _take(part, indices) for part in self._parts)
+        return self.cache._attached_batch(x, y, sample_weight, indices)
