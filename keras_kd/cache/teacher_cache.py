@@ -302,6 +302,7 @@ class TeacherCache:
             "has_sample_weight": sw0 is not None,
         }
         store = ShardStore.create(directory, metadata, examples_per_shard=examples_per_shard)
+        forward = _TeacherForward(teacher, pair_paths, layers)
         skip = store.stored_examples
         progbar = keras.utils.Progbar(None, unit_name="example") if verbose else None
         position = 0
@@ -322,19 +323,16 @@ class TeacherCache:
                     x, y, sample_weight = (
                         None if part is None else _slice(part, done) for part in (x, y, sample_weight)
                     )
-                with capture() as captured:
-                    logits = teacher(_to_tensors(teacher_view(x)), training=False)
+                logits, features = forward.predict_on_batch(teacher_view(x))
                 arrays = {key: np.asarray(leaf) for key, leaf in _leaves(metadata["inputs"], student_view(x))}
                 if y is not None:
                     arrays["y"] = np.asarray(y)
                 if sample_weight is not None:
                     arrays["sample_weight"] = np.asarray(sample_weight)
-                logits = _single_output(logits, f"The teacher {teacher.name!r}'s output")
-                arrays[LOGITS] = keras.ops.convert_to_numpy(logits).astype(dtype)
-                for i, (paths, pair_layers) in enumerate(zip(pair_paths, layers)):
-                    for j, (path, layer) in enumerate(zip(paths, pair_layers)):
-                        value = captured_output(captured, layer, path, "teacher")
-                        arrays[feature_key(i, j)] = keras.ops.convert_to_numpy(value).astype(dtype)
+                arrays[LOGITS] = np.asarray(logits).astype(dtype)
+                for i, pair_features in enumerate(features):
+                    for j, value in enumerate(pair_features):
+                        arrays[feature_key(i, j)] = np.asarray(value).astype(dtype)
                 arrays[FINGERPRINT] = fingerprints[done:]
                 store.append(arrays)
             position += n
@@ -532,8 +530,28 @@ class TeacherCache:
         return cls(config["directory"])
 
 
-def _to_tensors(x):
-    return keras.tree.map_structure(keras.ops.convert_to_tensor, x)
+class _TeacherForward(keras.Model):
+    """The teacher's logits and its paired layers' outputs, run through Keras's compiled predict step.
+
+    `predict_on_batch` jit-compiles it on JAX, traces it with `tf.function` on TensorFlow and runs it
+    without autograd on PyTorch, as `teacher.predict` would.
+    """
+
+    def __init__(self, teacher, pair_paths, layers):
+        super().__init__(name=f"{teacher.name}_cache_forward")
+        self.teacher = teacher
+        # A plain function, so that Keras does not track the teacher's inner layers a second time.
+        self._read_features = lambda captured: [
+            [captured_output(captured, layer, path, "teacher") for path, layer in zip(paths, pair_layers)]
+            for paths, pair_layers in zip(pair_paths, layers)
+        ]
+        self.built = True
+
+    def call(self, x, training=False):
+        with capture() as captured:
+            logits = self.teacher(x, training=False)
+        logits = _single_output(logits, f"The teacher {self.teacher.name!r}'s output")
+        return logits, self._read_features(captured)
 
 
 def _check_resumed(store, position, fingerprints, directory):
