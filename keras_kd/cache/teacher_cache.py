@@ -54,6 +54,7 @@ import numpy as np
 
 from keras_kd import checks, layer_paths
 from keras_kd.cache.fingerprints import _to_numpy, example_fingerprints, teacher_fingerprint
+from keras_kd.cache.shards import read_manifest
 from keras_kd.cache.store import ShardStore
 from keras_kd.model_inputs import LOGITS_KEY, STUDENT_KEY, TEACHER_FEATURES_KEY, student_view, teacher_view
 from keras_kd.pairs import LayerPair
@@ -222,10 +223,14 @@ class TeacherCache:
     Args:
         directory: a directory written by `TeacherCache.build`.
         cache_shards: how many shards stay in memory once read (see `dataset` for how shuffling
-            uses them).
+            uses them). By default as many as fit in `memory_bytes`, and at least 4.
+        memory_bytes: the memory the default `cache_shards` may use (1 GiB). A cache that fits is
+            read from disk once and then served from memory, shuffled as a whole.
     """
 
-    def __init__(self, directory, cache_shards=4):
+    def __init__(self, directory, cache_shards=None, memory_bytes=1 << 30):
+        if cache_shards is None:
+            cache_shards = _shards_within(read_manifest(os.fspath(directory)), memory_bytes)
         self._store = ShardStore.open(directory, cache_shards=cache_shards)
         self._cache_shards = cache_shards
         metadata = self._store.metadata
@@ -552,6 +557,18 @@ class _TeacherForward(keras.Model):
             logits = self.teacher(x, training=False)
         logits = _single_output(logits, f"The teacher {self.teacher.name!r}'s output")
         return logits, self._read_features(captured)
+
+
+def _shards_within(manifest, memory_bytes):
+    """How many of the cache's shards fit in `memory_bytes` (its largest shards counted), at least 4."""
+    sizes = sorted((entry["bytes"] for entry in manifest["shards"]), reverse=True)
+    total, count = 0, 0
+    for size in sizes:
+        total += size
+        if total > memory_bytes:
+            break
+        count += 1
+    return max(count, 4)
 
 
 def _check_resumed(store, position, fingerprints, directory):

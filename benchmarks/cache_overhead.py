@@ -1,0 +1,118 @@
+"""What offline distillation costs: a cached epoch against the student's own epoch, a cache build against `predict`.
+
+Per backend, with the models of `step_overhead.py` (teacher CNN ~0.13 GMAC per batch of 128, small
+student CNN) on random `(28, 28, 1)` inputs, it times whole calls, interleaved in a random order
+each round, after one untimed round (compilation excluded):
+
+    S   the student's plain `fit`, one epoch over the data (Adam, cross-entropy from logits)
+    D   `keras_kd.Distiller(cache, student)` fitting one epoch on `cache.dataset(batch_size,
+        shuffle=True)`: no teacher forward pass; the batches come from the cache's shards
+    P   `teacher.predict` over the same data
+    B   `keras_kd.TeacherCache.build(teacher, (x, y), fresh directory)` over the same data
+
+and reports the medians of the per-round ratios D/S (target <= 1.10) and B/P (target <= 1.10),
+with bootstrap 95 % intervals. The cache lives on the local disk (`--directory`, default a
+temporary directory); with these models the teacher's forward pass, not the disk, dominates a
+build (the data is 12,800 examples of 3 KB: 40 MB of inputs, 0.5 MB of float16 logits).
+
+    python benchmarks/cache_overhead.py --backend jax --rounds 10
+"""
+
+import argparse
+import os
+import shutil
+import sys
+import tempfile
+import time
+
+sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
+
+import step_overhead as so  # noqa: E402
+
+TARGETS = {"D/S": 1.10, "B/P": 1.10}
+
+
+def parse_args(argv=None):
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--backend", choices=so.BACKENDS, default=os.environ.get("KERAS_BACKEND", "jax"))
+    parser.add_argument("--rounds", type=int, default=10)
+    parser.add_argument("--batches", type=int, default=100, help="batches of data per epoch")
+    parser.add_argument("--batch-size", type=int, default=128)
+    parser.add_argument("--threads", type=int, default=1)
+    parser.add_argument("--directory", help="where the caches are written (default: a temporary directory)")
+    parser.add_argument("--seed", type=int, default=0)
+    return parser.parse_args(argv)
+
+
+def timed(run):
+    start = time.perf_counter()
+    run()
+    return time.perf_counter() - start
+
+
+def main(argv=None):
+    args = parse_args(argv)
+    os.environ["KERAS_BACKEND"] = args.backend
+    so.pin_threads(args.threads)
+    so.fix_malloc()
+    so.configure_framework_threads(args.backend, args.threads)
+    import keras
+    import numpy as np
+
+    import keras_kd
+
+    keras.utils.set_random_seed(args.seed)
+    rng = np.random.default_rng(args.seed)
+    n = args.batches * args.batch_size
+    x = rng.random((n, 28, 28, 1), dtype=np.float32)
+    y = rng.integers(0, 10, size=(n,)).astype("int32")
+    teacher = so.build_teacher(keras)
+    root = args.directory or tempfile.mkdtemp(prefix="keras_kd_cache_")
+    cache = keras_kd.TeacherCache.build(
+        teacher, (x, y), os.path.join(root, "cache"), batch_size=args.batch_size, verbose=0
+    )
+
+    student = so.build_student(keras)
+    student.compile(keras.optimizers.Adam(1e-3), keras.losses.SparseCategoricalCrossentropy(from_logits=True))
+    distiller = keras_kd.Distiller(cache, so.build_student(keras), temperature=4.0, alpha=0.1)
+    distiller.compile(keras.optimizers.Adam(1e-3))
+    cached_batches = cache.dataset(batch_size=args.batch_size, shuffle=True, seed=args.seed)
+    builds = iter(range(10**6))
+
+    def build():
+        directory = os.path.join(root, f"build_{next(builds)}")
+        keras_kd.TeacherCache.build(teacher, (x, y), directory, batch_size=args.batch_size, verbose=0)
+        shutil.rmtree(directory)
+
+    items = {
+        "S": lambda: student.fit(x, y, batch_size=args.batch_size, epochs=1, verbose=0),
+        "D": lambda: distiller.fit(cached_batches, epochs=1, verbose=0),
+        "P": lambda: teacher.predict(x, batch_size=args.batch_size, verbose=0),
+        "B": build,
+    }
+    for run in items.values():  # compilation and first-epoch effects
+        run()
+    order_rng = np.random.default_rng(args.seed + 1)
+    rounds = []
+    for index in range(args.rounds):
+        sample = {name: timed(items[name]) for name in order_rng.permutation(list(items))}
+        rounds.append(sample)
+        text = "  ".join(f"{name}={sample[name]:.2f}s" for name in items)
+        print(f"[{args.backend}] round {index + 1:2d}/{args.rounds}: {text}", flush=True)
+    shutil.rmtree(root, ignore_errors=True)
+
+    seconds = {name: np.array([r[name] for r in rounds]) for name in items}
+    print(
+        f"== {args.backend}: {args.rounds} rounds, {args.batches} batches of {args.batch_size}, "
+        f"{args.threads} thread(s)"
+    )
+    for name, values in seconds.items():
+        print(f"{name}  median {np.median(values):.3f} s per epoch")
+    for ratio, (a, b) in {"D/S": ("D", "S"), "B/P": ("B", "P")}.items():
+        median, low, high = so.bootstrap_median(np, seconds[a] / seconds[b], 2000, np.random.default_rng(args.seed))
+        verdict = "PASS" if median <= TARGETS[ratio] else "FAIL"
+        print(f"{ratio}  {median:.3f} [{low:.3f}, {high:.3f}]  target <= {TARGETS[ratio]:.2f}  {verdict}")
+
+
+if __name__ == "__main__":
+    main()
