@@ -10,6 +10,7 @@ from keras import ops
 from keras_kd import checks, text_pipeline
 from keras_kd.cache.teacher_cache import TeacherCache
 from keras_kd.losses._reduction import weighted_mean
+from keras_kd.losses.top_k import top_k_soft_target_kl
 from keras_kd.model_inputs import cached_teacher_outputs, is_cached, student_padding_mask, student_view, teacher_view
 from keras_kd.pair_bindings import BoundPairs
 from keras_kd.pairs import Hint
@@ -126,6 +127,8 @@ class Distiller(DistillationSteps, keras.Model):
         self._bind_pairs(pairs)
         self.soft_loss = soft_loss
         self._soft_term = resolve_soft_loss(soft_loss, temperature)
+        if self._teacher_cache is not None and self._teacher_cache.top_k is not None:
+            self._soft_term = _top_k_soft_term(self._teacher_cache, soft_loss)
         self._text_pipeline = text_pipeline.TextPipeline(teacher, student)
         if student.built:
             # Built parts make a built distiller: BackupAndRestore and JAX's
@@ -324,7 +327,7 @@ class Distiller(DistillationSteps, keras.Model):
         positions of sequence-valued pair terms (`Hint`, `CosineEmbedding`).
         """
         padding_mask = None if inputs is None else student_padding_mask(inputs)
-        checks.check_output_shapes(teacher_logits.shape, student_logits.shape)
+        checks.check_output_shapes(_logits_shape(teacher_logits, student_logits), student_logits.shape)
         soft = ops.cast(self._soft_term(teacher_logits, student_logits, self._temperature, sample_weight), "float32")
         if len(soft.shape):
             raise ValueError(
@@ -473,6 +476,26 @@ def _pair_sample_weight(pair, sample_weight, padding_mask, student_features):
     if len(sample_weight.shape) == 1:
         return mask * ops.expand_dims(sample_weight, -1)
     return mask * ops.reshape(sample_weight, ops.shape(mask))
+
+
+def _logits_shape(teacher_logits, student_logits):
+    """The teacher's logits shape; for a top-k cache's `(values, indices, tail)`, as if dense."""
+    if isinstance(teacher_logits, tuple):
+        return (*teacher_logits[0].shape[:-1], student_logits.shape[-1])
+    return teacher_logits.shape
+
+
+def _top_k_soft_term(cache, soft_loss):
+    """The soft term of a top-k cache: the bucketed forward KL (`keras_kd.losses.top_k_soft_target_loss`)."""
+    if soft_loss != "kl":
+        raise ValueError(
+            f"The teacher cache in {cache.directory} holds the teacher's top {cache.top_k} logits per position, which "
+            f"only the forward KL uses (keras_kd.losses.top_k_soft_target_loss); soft_loss={soft_loss!r} needs the "
+            "dense logits. Use soft_loss='kl', or build the cache with top_k=None."
+        )
+    return lambda teacher_top_k, student_logits, temperature, weight: weighted_mean(
+        top_k_soft_target_kl(teacher_top_k, student_logits, temperature), weight
+    )
 
 
 def _check_cache_student(cache, student):

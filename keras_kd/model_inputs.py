@@ -6,15 +6,17 @@ different token ids; an image teacher may read 224 x 224 pixels where its studen
 `"teacher_inputs"` and `"student_inputs"`; every other batch feeds both models the same `x`.
 
 A batch of a `keras_kd.TeacherCache` (`cache.dataset(...)`) carries the teacher's stored outputs
-instead of its inputs: a dict with the keys `"student_inputs"`, `"teacher_logits"` and, when the
-cache holds pair features, `"teacher_features"` (per pair, one array per teacher layer).
+instead of its inputs: a dict with the keys `"student_inputs"`, `"teacher_logits"` (or, for a
+top-k cache, `"teacher_top_k"`: values, indices and tail log-mass) and, when the cache holds pair
+features, `"teacher_features"` (per pair, one array per teacher layer).
 """
 
 TEACHER_KEY = "teacher_inputs"
 STUDENT_KEY = "student_inputs"
 LOGITS_KEY = "teacher_logits"
 TEACHER_FEATURES_KEY = "teacher_features"
-CACHED_KEYS = frozenset({STUDENT_KEY, LOGITS_KEY, TEACHER_FEATURES_KEY})
+TOP_K_KEY = "teacher_top_k"
+CACHED_KEYS = frozenset({STUDENT_KEY, LOGITS_KEY, TOP_K_KEY, TEACHER_FEATURES_KEY})
 
 
 def paired_inputs(teacher_inputs, student_inputs):
@@ -38,12 +40,21 @@ def is_paired(x):
 
 def is_cached(x):
     """Whether batch input `x` comes from a teacher cache (stored teacher outputs, no teacher inputs)."""
-    return isinstance(x, dict) and STUDENT_KEY in x and LOGITS_KEY in x and set(x) <= CACHED_KEYS
+    return (
+        isinstance(x, dict)
+        and STUDENT_KEY in x
+        and (LOGITS_KEY in x) != (TOP_K_KEY in x)
+        and set(x) <= CACHED_KEYS
+    )
 
 
 def cached_teacher_outputs(x):
-    """`(teacher_logits, teacher_features)` stored in a cached batch input `x`."""
-    return x[LOGITS_KEY], x.get(TEACHER_FEATURES_KEY, [])
+    """`(teacher_logits, teacher_features)` stored in a cached batch input `x`.
+
+    From a top-k cache, `teacher_logits` is the tuple `(values, indices, tail_logsumexp)`.
+    """
+    logits = x[LOGITS_KEY] if LOGITS_KEY in x else tuple(x[TOP_K_KEY])
+    return logits, x.get(TEACHER_FEATURES_KEY, [])
 
 
 def student_padding_mask(x):

@@ -14,13 +14,21 @@ What a cache stores (per example, in the shards of a `keras_kd.cache.ShardStore`
 * `y`, `sample_weight`: when the data has them.
 * `teacher/logits`: the teacher's output, in the cache's `dtype` (`"float16"` by default, or
   `"float32"`); read back as float32.
+* With `top_k=K`, instead of the logits: `teacher/top_k/values` (the K largest logits per
+  position, in `dtype`), `teacher/top_k/indices` (int32) and `teacher/top_k/tail_logsumexp`
+  (float32: the log of the other classes' summed `exp(logit)`), as
+  `keras_kd.losses.top_k_logits` computes them on the teacher's device. The distiller then uses
+  `keras_kd.losses.top_k_soft_target_loss`: the teacher's K classes and one tail bucket (see
+  `keras_kd.losses.top_k` for the approximation). A causal LM with a 49,152-token vocabulary
+  stores 98 KB per position as float16 logits, and 392 bytes with `top_k=64`.
 * `teacher/feature/<pair index>/<layer index>`: for each `keras_kd.LayerPair` given to `build`,
   the output of each of its teacher layers, in the same dtype.
 * `fingerprint`: `example_fingerprints` of the example's whole `x` (16 bytes).
 
 The manifest's metadata holds `kind` (`"keras_kd.TeacherCache"`), `teacher` (the
 `teacher_fingerprint`), `dtype`, `pair_paths` (the teacher layer paths of each pair), `inputs`
-(the nesting of `x`), `has_labels` and `has_sample_weight`.
+(the nesting of `x`), `has_labels`, `has_sample_weight`, and for a top-k cache `top_k` and
+`vocabulary_size`.
 
 What a batch of `cache.dataset(...)` holds
 ------------------------------------------
@@ -28,7 +36,8 @@ What a batch of `cache.dataset(...)` holds
 `(x, y)`, `(x, y, sample_weight)`, or `x` alone when the cache has no labels, where `x` is
 `{"student_inputs": <the stored inputs>, "teacher_logits": float32 array, "teacher_features":
 ((array per teacher layer) per pair)}` (the last key only when the cache holds pair features;
-tuples because tf.data refuses lists).
+tuples because tf.data refuses lists). A top-k cache has `"teacher_top_k": (values, indices,
+tail_logsumexp)` (float32, int32, float32) in place of `"teacher_logits"`.
 A `Distiller` built on the cache reads the teacher's side of its loss from these keys.
 
 Example:
@@ -56,13 +65,24 @@ from keras_kd import checks, layer_paths
 from keras_kd.cache.fingerprints import _to_numpy, example_fingerprints, teacher_fingerprint
 from keras_kd.cache.shards import read_manifest
 from keras_kd.cache.store import ShardStore
-from keras_kd.model_inputs import LOGITS_KEY, STUDENT_KEY, TEACHER_FEATURES_KEY, student_view, teacher_view
+from keras_kd.losses.top_k import check_top_k, top_k_logits
+from keras_kd.model_inputs import (
+    LOGITS_KEY,
+    STUDENT_KEY,
+    TEACHER_FEATURES_KEY,
+    TOP_K_KEY,
+    student_view,
+    teacher_view,
+)
 from keras_kd.pairs import LayerPair
 from keras_kd.taps import capture, captured_output, install_tap
 
 KIND = "keras_kd.TeacherCache"
 DTYPES = ("float16", "float32")
 LOGITS = "teacher/logits"
+TOP_K_VALUES = "teacher/top_k/values"
+TOP_K_INDICES = "teacher/top_k/indices"
+TOP_K_TAIL = "teacher/top_k/tail_logsumexp"
 FINGERPRINT = "fingerprint"
 
 
@@ -250,6 +270,7 @@ class TeacherCache:
         teacher,
         data,
         directory,
+        top_k=None,
         pairs=(),
         dtype="float16",
         batch_size=None,
@@ -269,6 +290,11 @@ class TeacherCache:
                 have the same structure and per-example shapes (pad sequences to one length).
             directory: where to write the cache (a new or empty directory, or one holding an
                 interrupted build of the same teacher, pairs and dtype, which is resumed).
+            top_k: `None` stores the dense logits; an int `K` smaller than the number of classes
+                stores, per position, the K largest logits, their indices and the log-mass of the
+                rest (for language models' vocabularies; see the module docstring). The
+                distiller then trains with the bucketed soft loss
+                `keras_kd.losses.top_k_soft_target_loss`.
             pairs: `keras_kd.LayerPair` objects (`Hint`, `AttentionTransfer`, ...) whose teacher
                 layers' outputs are stored too, so that a distiller with these pairs can train
                 from the cache. Only the teacher side is used here.
@@ -287,6 +313,8 @@ class TeacherCache:
         checks.check_model("teacher", teacher)
         checks.check_teacher_built(teacher)
         dtype = _check_dtype(dtype)
+        if top_k is not None:
+            check_top_k(top_k, None)
         pair_paths = _check_pairs(pairs)
         layers = [[layer_paths.resolve(teacher, path, "teacher") for path in paths] for paths in pair_paths]
         for layer in itertools.chain.from_iterable(layers):
@@ -306,8 +334,13 @@ class TeacherCache:
             "has_labels": y0 is not None,
             "has_sample_weight": sw0 is not None,
         }
+        if top_k is not None:
+            # Checked before anything is written: a bad top_k leaves no directory behind.
+            vocabulary_size = _vocabulary_size(teacher, teacher_view(x0))
+            check_top_k(top_k, vocabulary_size)
+            metadata.update(top_k=top_k, vocabulary_size=vocabulary_size)
         store = ShardStore.create(directory, metadata, examples_per_shard=examples_per_shard)
-        forward = _TeacherForward(teacher, pair_paths, layers)
+        forward = _TeacherForward(teacher, pair_paths, layers, top_k)
         skip = store.stored_examples
         progbar = keras.utils.Progbar(None, unit_name="example") if verbose else None
         position = 0
@@ -334,7 +367,13 @@ class TeacherCache:
                     arrays["y"] = np.asarray(y)
                 if sample_weight is not None:
                     arrays["sample_weight"] = np.asarray(sample_weight)
-                arrays[LOGITS] = np.asarray(logits).astype(dtype)
+                if top_k is None:
+                    arrays[LOGITS] = np.asarray(logits).astype(dtype)
+                else:
+                    values, indices, tail = logits
+                    arrays[TOP_K_VALUES] = np.asarray(values).astype(dtype)
+                    arrays[TOP_K_INDICES] = np.asarray(indices).astype("int32")
+                    arrays[TOP_K_TAIL] = np.asarray(tail).astype("float32")
                 for i, pair_features in enumerate(features):
                     for j, value in enumerate(pair_features):
                         arrays[feature_key(i, j)] = np.asarray(value).astype(dtype)
@@ -361,7 +400,8 @@ class TeacherCache:
         return len(self._store)
 
     def __repr__(self):
-        return f"<TeacherCache {self.directory!r}: {len(self)} examples, logits {self.logits_shape} {self.dtype}>"
+        stored = "logits" if self.top_k is None else f"top-{self.top_k} logits of"
+        return f"<TeacherCache {self.directory!r}: {len(self)} examples, {stored} {self.logits_shape} {self.dtype}>"
 
     @property
     def teacher_fingerprint(self):
@@ -380,8 +420,15 @@ class TeacherCache:
 
     @property
     def logits_shape(self):
-        """The shape of the teacher's logits for one example (no batch axis)."""
-        return self._schema[LOGITS][1]
+        """The shape of the teacher's logits for one example (no batch axis), also for a top-k cache."""
+        if self.top_k is None:
+            return self._schema[LOGITS][1]
+        return (*self._schema[TOP_K_VALUES][1][:-1], self._metadata["vocabulary_size"])
+
+    @property
+    def top_k(self):
+        """`K` when the cache holds the teacher's K largest logits per position; `None` for dense logits."""
+        return self._metadata.get("top_k")
 
     @property
     def has_labels(self):
@@ -423,7 +470,16 @@ class TeacherCache:
         )
 
     def _teacher_side(self, arrays):
-        x = {LOGITS_KEY: arrays[LOGITS].astype("float32")}
+        if self.top_k is None:
+            x = {LOGITS_KEY: arrays[LOGITS].astype("float32")}
+        else:
+            x = {
+                TOP_K_KEY: (
+                    arrays[TOP_K_VALUES].astype("float32"),
+                    arrays[TOP_K_INDICES].astype("int32"),
+                    arrays[TOP_K_TAIL].astype("float32"),
+                )
+            }
         if self._metadata["pair_paths"]:
             # Tuples, not lists: tf.data (Keras's PyDataset adapter on TensorFlow) refuses lists.
             x[TEACHER_FEATURES_KEY] = tuple(
@@ -542,9 +598,10 @@ class _TeacherForward(keras.Model):
     without autograd on PyTorch, as `teacher.predict` would.
     """
 
-    def __init__(self, teacher, pair_paths, layers):
+    def __init__(self, teacher, pair_paths, layers, top_k=None):
         super().__init__(name=f"{teacher.name}_cache_forward")
         self.teacher = teacher
+        self.top_k = top_k
         # A plain function, so that Keras does not track the teacher's inner layers a second time.
         self._read_features = lambda captured: [
             [captured_output(captured, layer, path, "teacher") for path, layer in zip(paths, pair_layers)]
@@ -556,7 +613,16 @@ class _TeacherForward(keras.Model):
         with capture() as captured:
             logits = self.teacher(x, training=False)
         logits = _single_output(logits, f"The teacher {self.teacher.name!r}'s output")
+        if self.top_k is not None:
+            # On the teacher's device: only K values per position leave it.
+            logits = top_k_logits(logits, self.top_k)
         return logits, self._read_features(captured)
+
+
+def _vocabulary_size(teacher, x):
+    """The size of the last axis of the teacher's output, from one example."""
+    logits = _single_output(teacher(_slice(x, 0, 1), training=False), f"The teacher {teacher.name!r}'s output")
+    return int(logits.shape[-1])
 
 
 def _shards_within(manifest, memory_bytes):

@@ -14,6 +14,7 @@ from keras_kd.losses.logits import (
     soft_target_loss,
 )
 from keras_kd.losses.relational import RKDAngleLoss, RKDDistanceLoss, rkd_angle_loss, rkd_distance_loss
+from keras_kd.losses.top_k import top_k_logits, top_k_soft_target_kl, top_k_soft_target_loss
 
 __all__ = [
     "AttentionTransferLoss",
@@ -36,4 +37,7 @@ __all__ = [
     "rkd_distance_loss",
     "soft_target_kl",
     "soft_target_loss",
+    "top_k_logits",
+    "top_k_soft_target_kl",
+    "top_k_soft_target_loss",
 ]
