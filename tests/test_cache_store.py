@@ -85,6 +85,17 @@ def test_round_trip_across_shards_with_shuffled_random_access(tmp_path):
     assert empty["x/image"].shape == (0, 4, 4, 3)
 
 
+def test_read_all_concatenates_every_shard_and_releases_them(tmp_path):
+    store = build(tmp_path)
+    store.get(np.array([0, 44]))
+    assert_same(store.read_all(), batch(0, 45))
+    assert len(store._cache) == 0  # the rows now live in the returned arrays only
+    empty_dir = tmp_path / "empty"
+    empty = ShardStore.create(empty_dir, METADATA)
+    empty.finish()
+    assert ShardStore.open(empty_dir).read_all() == {}
+
+
 def test_float16_and_argument_like_keys_survive_a_shard(tmp_path):
     arrays = {"file": np.arange(6, dtype="float16").reshape(3, 2) / 3, "allow_pickle": np.array([b"a", b"bc", b""])}
     entry = write_shard(tmp_path, 0, arrays)

@@ -369,6 +369,25 @@ class ShardStore:
                     self._cache.popitem(last=False)
         return arrays
 
+    @property
+    def num_shards(self):
+        return len(self._starts)
+
+    def read_all(self):
+        """Every example as `{key: array}`, in example order, in one array per key.
+
+        Each shard is read (and verified) as `get` reads it; the in-memory shards are then released,
+        since the returned arrays hold the same rows.
+        """
+        parts = [self._shard(index) for index in range(self.num_shards)]
+        arrays = {
+            key: np.concatenate([part[key] for part in parts]) if parts else np.empty((0, *shape), dtype=dtype)
+            for key, (dtype, shape) in self.schema.items()
+        }
+        with self._lock:
+            self._cache.clear()
+        return arrays
+
     def get(self, indices):
         """The examples at `indices` (any order, repeats allowed) as `{key: array}`, rows in that order.
 

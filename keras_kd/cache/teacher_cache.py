@@ -261,6 +261,7 @@ class TeacherCache:
             )
         self._metadata = metadata
         self._schema = self._store.schema
+        self._resident_arrays = None
 
     # ------------------------------------------------------------------------- building
 
@@ -454,7 +455,7 @@ class TeacherCache:
     def fingerprints(self, indices=None):
         """The stored `example_fingerprints` (all examples, or those at `indices`)."""
         indices = np.arange(len(self)) if indices is None else np.asarray(indices)
-        return self._store.get(indices)[FINGERPRINT]
+        return self._rows(indices)[FINGERPRINT]
 
     def _shuffled_order(self, rng):
         """Every example once: fully shuffled, or shuffled within random windows of `cache_shards` shards."""
@@ -496,9 +497,21 @@ class TeacherCache:
             return x, arrays["y"], arrays["sample_weight"]
         return x, arrays["y"]
 
+    def _rows(self, indices, skip=()):
+        """`{key: rows at indices}` (but the keys in `skip`).
+
+        When every shard fits in `cache_shards`, the whole cache is read once into one array per
+        key, and a batch is one fancy index per key instead of a gather from each shard it touches.
+        """
+        if self._resident_arrays is None and self._store.num_shards <= self._cache_shards:
+            self._resident_arrays = self._store.read_all()
+        if self._resident_arrays is None:
+            return self._store.get(indices)
+        return {key: array[indices] for key, array in self._resident_arrays.items() if key not in skip}
+
     def batch(self, indices):
         """The batch of the examples at `indices`, as `dataset` yields it."""
-        arrays = self._store.get(np.asarray(indices))
+        arrays = self._rows(np.asarray(indices), skip=(FINGERPRINT,))
         return self._pack(_restore(self._metadata["inputs"], arrays), arrays)
 
     def dataset(self, batch_size=32, shuffle=True, seed=None):
@@ -559,7 +572,7 @@ class TeacherCache:
             position += n
 
     def _attached_batch(self, x, y, sample_weight, indices):
-        arrays = self._store.get(indices)
+        arrays = self._rows(indices)
         mismatch = np.flatnonzero(np.any(example_fingerprints(x) != arrays[FINGERPRINT], axis=1))
         if mismatch.size:
             raise ValueError(
