@@ -20,6 +20,7 @@ import hashlib
 import io
 import json
 import os
+import re
 import tempfile
 import zipfile
 
@@ -29,6 +30,8 @@ from numpy.lib import format as npy_format
 FORMAT = "keras_kd.teacher_cache/1"
 MANIFEST = "manifest.json"
 SHARD_PATTERN = "shard-{index:05d}.npz"
+PART_PATTERN = "part-{index:05d}-of-{count:05d}"
+_PART_DIRECTORY = re.compile(r"part-\d{5}-of-\d{5}")
 TEMP_SUFFIX = ".tmp"
 _CHUNK = 1 << 20
 
@@ -39,6 +42,11 @@ class CacheCorruptError(ValueError):
 
 def shard_name(index):
     return SHARD_PATTERN.format(index=index)
+
+
+def part_name(index, count):
+    """The subdirectory that part `index` of a `count`-part build writes its shards to."""
+    return PART_PATTERN.format(index=index, count=count)
 
 
 def is_temp_file(name):
@@ -157,11 +165,20 @@ def corrupt_error(path, problem):
     )
 
 
+def _is_file_name(name):
+    return bool(name) and name not in (".", "..") and os.path.basename(name) == name
+
+
 def shard_path(directory, entry):
+    """Where the shard of a manifest entry is: a file of `directory`, or of a part's subdirectory."""
     name = entry.get("file") if isinstance(entry, dict) else None
-    if not isinstance(name, str) or os.path.basename(name) != name or name in ("", ".", ".."):
+    parts = name.split("/") if isinstance(name, str) else []
+    valid = (len(parts) == 1 and _is_file_name(parts[0])) or (
+        len(parts) == 2 and _PART_DIRECTORY.fullmatch(parts[0]) and _is_file_name(parts[1])
+    )
+    if not valid:
         raise CacheCorruptError(f"The manifest in {directory} has an invalid shard entry {entry!r}.")
-    return os.path.join(directory, name)
+    return os.path.join(directory, *parts)
 
 
 def load_shard(path, data):

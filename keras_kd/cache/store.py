@@ -141,6 +141,46 @@ class ShardStore:
         _save(directory, manifest)
         return cls(directory, manifest, writable=True, examples_per_shard=examples_per_shard)
 
+    @classmethod
+    def combine(cls, directory, parts, metadata):
+        """Writes `directory`'s manifest over the complete stores in its subdirectories `parts`; returns it opened.
+
+        Distributed builds write one store per process into `directory/<part>/` (see
+        `shards.part_name`); once every part is complete, this lists all their shards, part after
+        part, in one manifest (the shard files stay where they are). Each part's metadata must be
+        `metadata` plus a `"part"` entry, and every non-empty part the same schema.
+        """
+        metadata = _normalize_metadata(metadata)
+        shards, schema, examples_per_shard = [], None, None
+        for part in parts:
+            part_directory = os.path.join(directory, part)
+            manifest = read_manifest(part_directory)
+            if not manifest["complete"]:
+                raise ValueError(f"Part {part} of the cache in {directory} is not complete yet.")
+            own = {key: value for key, value in manifest["metadata"].items() if key != "part"}
+            cls._check_same_metadata(part_directory, own, metadata)
+            if manifest["examples"]:
+                if schema is not None and manifest["schema"] != schema:
+                    raise ValueError(
+                        f"Part {part} of the cache in {directory} stores {manifest['schema']}, an earlier part "
+                        f"{schema}: every process must give batches of the same structure and shapes."
+                    )
+                schema = manifest["schema"]
+            examples_per_shard = examples_per_shard or manifest.get("examples_per_shard")
+            shards += [{**entry, "file": f"{part}/{entry['file']}"} for entry in manifest["shards"]]
+        combined = {
+            "format": FORMAT,
+            "complete": True,
+            "metadata": metadata,
+            "examples": sum(entry["examples"] for entry in shards),
+            "examples_per_shard": examples_per_shard,
+            "shards": shards,
+        }
+        if schema is not None:
+            combined["schema"] = schema
+        _save(directory, combined)
+        return cls.open(directory)
+
     @staticmethod
     def _check_same_metadata(directory, stored, given):
         keys = sorted(set(stored) | set(given))

@@ -57,13 +57,14 @@ Example:
 
 import itertools
 import os
+import time
 
 import keras
 import numpy as np
 
 from keras_kd import checks, layer_paths
 from keras_kd.cache.fingerprints import _to_numpy, example_fingerprints, teacher_fingerprint
-from keras_kd.cache.shards import read_manifest
+from keras_kd.cache.shards import part_name, read_manifest
 from keras_kd.cache.store import ShardStore
 from keras_kd.losses.top_k import check_top_k, top_k_logits
 from keras_kd.model_inputs import (
@@ -277,6 +278,8 @@ class TeacherCache:
         batch_size=None,
         examples_per_shard=1024,
         verbose=1,
+        part=None,
+        wait_timeout=3600.0,
     ):
         """Runs `teacher` once over `data` and stores its outputs in `directory`; returns the opened cache.
 
@@ -303,6 +306,18 @@ class TeacherCache:
             batch_size: the batch size for in-memory arrays (default 32); not for datasets.
             examples_per_shard: examples per shard file.
             verbose: 1 shows a progress bar, 0 is silent.
+            part: `(index, count)` for a distributed build (below); `None` for one process.
+            wait_timeout: how long a distributed build's processes wait for each other, in seconds.
+
+        Distributed builds: each of `count` processes (JAX's `jax.process_index()` of
+        `jax.process_count()`, a TensorFlow worker's task index, ...) calls `build` with
+        `part=(index, count)`, its own slice of the data and the same `directory` on a filesystem
+        they all see. Each writes its shards into `directory/part-<index>-of-<count>/` (resumable
+        like a whole build); process 0 waits until every part is complete and then writes the
+        one manifest of `directory`, listing the parts' shards in part order; the other processes
+        wait for that manifest. Every call returns the whole cache. Give each process a
+        contiguous slice, in order, so that the cache's example order is the data's (which
+        `attach` needs).
 
         Resuming: when `directory` holds an interrupted build with the same metadata (teacher
         fingerprint, dtype, pair paths, input structure, labels), the examples already stored are
@@ -340,7 +355,12 @@ class TeacherCache:
             vocabulary_size = _vocabulary_size(teacher, teacher_view(x0))
             check_top_k(top_k, vocabulary_size)
             metadata.update(top_k=top_k, vocabulary_size=vocabulary_size)
-        store = ShardStore.create(directory, metadata, examples_per_shard=examples_per_shard)
+        whole_directory = directory
+        if part is not None:
+            index, count = _check_part(part)
+            directory = os.path.join(whole_directory, part_name(index, count))
+        store_metadata = metadata if part is None else {**metadata, "part": [index, count]}
+        store = ShardStore.create(directory, store_metadata, examples_per_shard=examples_per_shard)
         forward = _TeacherForward(teacher, pair_paths, layers, top_k)
         skip = store.stored_examples
         progbar = keras.utils.Progbar(None, unit_name="example") if verbose else None
@@ -389,7 +409,10 @@ class TeacherCache:
                 "the data changed since. Use a fresh directory, or delete this one to rebuild."
             )
         store.finish()
-        return cls(directory)
+        if part is None:
+            return cls(directory)
+        _gather_parts(whole_directory, metadata, index, count, wait_timeout)
+        return cls(whole_directory)
 
     # ------------------------------------------------------------------------- reading
 
@@ -648,6 +671,57 @@ def _shards_within(manifest, memory_bytes):
             break
         count += 1
     return max(count, 4)
+
+
+def _check_part(part):
+    try:
+        index, count = (int(v) if not isinstance(v, bool) and int(v) == v else None for v in part)
+    except (TypeError, ValueError):
+        index = count = None
+    if index is None or count is None or not 0 <= index < count:
+        raise ValueError(
+            f"part must be (index, count) with 0 <= index < count, e.g. (jax.process_index(), jax.process_count()); "
+            f"got {part!r}."
+        )
+    return index, count
+
+
+def _manifest_or_none(directory):
+    try:
+        return read_manifest(directory)
+    except FileNotFoundError:
+        return None
+
+
+def _gather_parts(directory, metadata, index, count, wait_timeout):
+    """Process 0 writes the whole cache's manifest once every part is complete; the others wait for it."""
+    names = [part_name(i, count) for i in range(count)]
+    deadline = time.monotonic() + float(wait_timeout)
+
+    def complete_parts():
+        manifests = {name: _manifest_or_none(os.path.join(directory, name)) for name in names}
+        return {name: m for name, m in manifests.items() if m is not None and m["complete"]}
+
+    def combined_is_current():
+        parts, combined = complete_parts(), _manifest_or_none(directory)
+        if len(parts) < count or combined is None:
+            return False
+        expected = [f"{name}/{entry['file']}:{entry['sha256']}" for name in names for entry in parts[name]["shards"]]
+        return [f"{entry['file']}:{entry['sha256']}" for entry in combined["shards"]] == expected
+
+    ready = (lambda: len(complete_parts()) == count) if index == 0 else combined_is_current
+    while not ready():
+        if time.monotonic() > deadline:
+            missing = sorted(set(names) - set(complete_parts()))
+            waiting_for = f"the parts {missing}" if missing else "process 0 to write the manifest"
+            raise TimeoutError(
+                f"Part {index} of the cache in {directory} waited {wait_timeout} s for {waiting_for}. Every process "
+                f"must call TeacherCache.build(..., part=(i, {count})) for its i, with the same directory on a "
+                "filesystem all of them share."
+            )
+        time.sleep(0.2)
+    if index == 0:
+        ShardStore.combine(directory, names, metadata)
 
 
 def _check_resumed(store, position, fingerprints, directory):
