@@ -20,7 +20,7 @@ What a cache stores (per example, in the shards of a `keras_kd.cache.ShardStore`
   `keras_kd.losses.top_k_logits` computes them on the teacher's device. The distiller then uses
   `keras_kd.losses.top_k_soft_target_loss`: the teacher's K classes and one tail bucket (see
   `keras_kd.losses.top_k` for the approximation). A causal LM with a 49,152-token vocabulary
-  stores 98 KB per position as float16 logits, and 392 bytes with `top_k=64`.
+  stores 98 KB per position as float16 logits, and 388 bytes with `top_k=64`.
 * `teacher/feature/<pair index>/<layer index>`: for each `keras_kd.LayerPair` given to `build`,
   the output of each of its teacher layers, in the same dtype.
 * `fingerprint`: `example_fingerprints` of the example's whole `x` (16 bytes).
