@@ -3,11 +3,21 @@
 Model code reads variables through a `StatelessScope` that maps each Keras
 variable to its value in `state`; the teacher's forward pass happens before
 `jax.value_and_grad` and under `stop_gradient`.
+
+Under `keras.distribution` (`DataParallel`, `ModelParallel`) Keras jits these steps
+with the variables' shardings; every variable must then live on the
+distribution's device mesh, which holds when teacher, student and distiller are
+made inside `distribution.scope()`. `fit`, `evaluate`, `predict` and the
+`*_on_batch` methods check that first, since Keras otherwise fails inside
+`jax.jit` (and `fit`, `evaluate`, `predict` after dropping the variables' values).
 """
 
 import jax
+import keras
 from keras import StatelessScope
 from keras.utils import unpack_x_y_sample_weight
+
+from keras_kd.trainers.entry_points import CheckedEntryPoints
 
 
 def _current_values(scope, variables, values):
@@ -18,7 +28,60 @@ def _current_values(scope, variables, values):
     return updated
 
 
-class DistillationSteps:
+def _device_names(devices):
+    return ", ".join(sorted(f"{device.platform}:{device.id}" for device in devices))
+
+
+def _owner(model, variable):
+    """Which part of the distiller a variable belongs to, for error messages."""
+    key = id(variable)
+    parts = [("the teacher", getattr(model.teacher, "variables", []))]
+    parts += [("the student", model.student.variables)]
+    parts += [(f"the pair {pair.describe()}", pair.variables) for pair in model.pairs]
+    parts += [("the optimizer", getattr(getattr(model, "optimizer", None), "variables", []))]
+    for name, variables in parts:
+        if any(id(v) == key for v in variables):
+            return name
+    return "the distiller"
+
+
+def check_distribution_placement(model, method):
+    """Raises when a variable lives off the current `keras.distribution`'s device mesh.
+
+    Variables are placed when they are created: a model made outside a distribution keeps its
+    variables on one device, and a step jitted over the mesh cannot take them. Keras 3.15 fails
+    inside `jax.jit` ("Received incompatible devices for jitted computation") after it has
+    already dropped every variable's value, which leaves the models unusable.
+    """
+    distribution = keras.distribution.distribution()
+    if distribution is None:
+        return
+    mesh_devices = set(distribution.device_mesh.backend_mesh.devices.flat)
+    optimizer = getattr(model, "optimizer", None)
+    variables = model.trainable_variables + model.non_trainable_variables + model.metrics_variables
+    variables += list(getattr(optimizer, "variables", []))
+    misplaced = []
+    for variable in variables:
+        sharding = getattr(getattr(variable, "_value", None), "sharding", None)
+        if sharding is not None and set(sharding.device_set) != mesh_devices:
+            misplaced.append((variable, sharding))
+    if not misplaced:
+        return
+    variable, sharding = misplaced[0]
+    raise ValueError(
+        f"{method}() runs under {type(distribution).__name__} over devices [{_device_names(mesh_devices)}], but "
+        f"{len(misplaced)} of the distiller's {len(variables)} variables live elsewhere, e.g. {variable.path!r} "
+        f"({_owner(model, variable)}) on [{_device_names(sharding.device_set)}]. Variables are placed when they "
+        "are created, so models made outside the distribution cannot run under it. Create (or load) the "
+        "teacher and the student, then build and compile the Distiller, inside `with distribution.scope():` "
+        f"(or after `keras.distribution.set_distribution(distribution)`), and call {method}() there."
+    )
+
+
+class DistillationSteps(CheckedEntryPoints):
+    def check_entry(self, method):
+        check_distribution_placement(self, method)
+
     def per_replica_value(self, compiled_loss_value):
         return compiled_loss_value
 

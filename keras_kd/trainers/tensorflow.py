@@ -5,8 +5,34 @@ batch and the optimizer sums the replicas' gradients, so the step divides the
 loss by `num_replicas_in_sync` before differentiating. The distiller's terms are
 per-replica means; Keras's compiled losses already divide by the replica count,
 which `per_replica_value` undoes so that every term is on the same scale.
+
+`compile`, `_maybe_symbolic_build` and `_make_function` override Keras 3.15's
+TensorFlow trainer for this class only (Keras itself is not patched):
+
+- `MultiWorkerMirroredStrategy` (keras-team/keras#20585). Keras's
+  `_maybe_symbolic_build` reduces the first `PerReplica` batch across replicas
+  (`strategy.reduce("MEAN", batch, axis=None)`), which fails across workers
+  ("Attempt to convert a value (PerReplica:...) ... to a Tensor"); building needs
+  only the batch's shapes, so `_maybe_symbolic_build` takes the first local
+  replica's slice instead, under every strategy. And in multi-worker mode Keras's
+  `reduce_per_replica` reduces each log with `strategy.reduce("MEAN", v, axis=0)`,
+  which has no axis 0 for a scalar; `_make_function` gives the logs a leading axis
+  of length 1 there, so that reduction is the mean over replicas, as under the
+  other strategies.
+- Variables outside the strategy. A teacher, student or Distiller created outside
+  the `strategy.scope()` it is compiled or fitted under makes Keras fail in the
+  optimizer with a bare `AssertionError` (or a `TypeError`), or train silently
+  undistributed; `compile`, and the build at the start of `fit`, `evaluate`,
+  `train_on_batch` and `test_on_batch`, raise a `ValueError` naming the models
+  and the fix instead.
+
+Nothing here needs more than `TPUStrategy` has (`experimental_local_results`,
+`extended.variable_created_in_scope`), but only the CPU strategies are tested.
 """
 
+import functools
+
+import keras
 import tensorflow as tf
 from keras.utils import unpack_x_y_sample_weight
 
@@ -40,3 +66,92 @@ class DistillationSteps:
             y, student_logits, teacher_logits, sample_weight, teacher_features, student_features, inputs=x
         )
         return self.update_distillation_metrics(loss, terms, x, y, student_logits, sample_weight)
+
+    # tf.distribute: see the module docstring.
+
+    def compile(self, *args, **kwargs):
+        check_strategy_owns_variables(self, self.distribute_strategy)
+        return super().compile(*args, **kwargs)
+
+    def _maybe_symbolic_build(self, iterator=None, data_batch=None):
+        strategy = self.distribute_strategy
+        check_strategy_owns_variables(self, strategy)
+        if iterator is not None and self._distribute_strategy is not None:
+            for _, _, batches in iterator:
+                data_batch = keras.tree.map_structure(functools.partial(_first_local_value, strategy), next(batches))
+                break
+            iterator = None
+        return super()._maybe_symbolic_build(iterator=iterator, data_batch=data_batch)
+
+    def _make_function(self, step_function):
+        if _logs_reduced_along_axis_0(self.distribute_strategy):
+            step_function = _with_replica_axis(step_function)
+        return super()._make_function(step_function)
+
+
+def _first_local_value(strategy, value):
+    if isinstance(value, tf.distribute.DistributedValues):
+        return strategy.experimental_local_results(value)[0]
+    return value
+
+
+def _logs_reduced_along_axis_0(strategy):
+    """Keras 3.15's condition (`_collective_all_reduce_multi_worker`) for reducing logs along axis 0."""
+    return isinstance(strategy, tf.distribute.MultiWorkerMirroredStrategy) and strategy.extended._in_multi_worker_mode()
+
+
+def _with_replica_axis(step_function):
+    @functools.wraps(step_function)
+    def step(data):
+        return keras.tree.map_structure(lambda value: tf.expand_dims(value, 0), step_function(data))
+
+    return step
+
+
+def check_strategy_owns_variables(distiller, strategy):
+    """Raises unless every variable of `distiller` (teacher and student included) was created under `strategy`.
+
+    Keras records the strategy a model is created under and trains under it; variables
+    created outside it are not distributed (`MirroredVariable`), and the optimizer then
+    fails with a bare `AssertionError`, or the run trains on one device.
+    """
+    owners = {}
+    for part, model in [("teacher", distiller.teacher), ("student", distiller.student)]:
+        if isinstance(model, keras.layers.Layer):
+            owners.update({id(v): part for v in model.weights})
+    strays = {}
+    for variable in distiller.weights:
+        if not strategy.extended.variable_created_in_scope(variable.value):
+            strays.setdefault(owners.get(id(variable), "Distiller"), []).append(variable)
+    if not strays:
+        return
+    distributed = distiller._distribute_strategy is not None or tf.distribute.has_strategy()
+    if not distributed:
+        runs_under = "without a tf.distribute strategy (the Distiller was created outside any strategy scope)"
+    else:
+        runs_under = f"under {type(strategy).__name__}"
+    found = []
+    for part, whose in [
+        ("teacher", "the teacher's"),
+        ("student", "the student's"),
+        ("Distiller", "the Distiller's own"),
+    ]:
+        if part in strays:
+            names = ", ".join(repr(v.path) for v in strays[part][:2])
+            if len(strays[part]) > 2:
+                names += f" and {len(strays[part]) - 2} more"
+            found.append(f"{whose} variables ({names}) {_created_under(strays[part][0], distributed)}")
+    raise ValueError(
+        f"This Distiller is compiled or fitted {runs_under}, but "
+        f"{'; '.join(found)}. Keras's TensorFlow trainer runs a model only under the strategy its variables were "
+        "created in; otherwise its optimizer fails with a bare AssertionError, or the run trains undistributed. "
+        "Create the teacher, the student and the Distiller inside `with strategy.scope():` (compile and fit may run "
+        "inside it or after it)."
+    )
+
+
+def _created_under(variable, distributed):
+    owner = getattr(variable.value, "_distribute_strategy", None)
+    if owner is None:
+        return "were created outside any tf.distribute strategy scope"
+    return f"were created under {'another ' if distributed else ''}{type(owner).__name__}"

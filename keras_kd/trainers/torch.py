@@ -1,10 +1,31 @@
-"""PyTorch steps: the teacher under `torch.no_grad()`, the student through autograd."""
+"""PyTorch steps: the teacher under `torch.no_grad()`, the student through autograd.
 
+Keras's torch backend runs on one device per process and has no `keras.distribution`
+support; a distribution set anyway would be ignored, so the entry points refuse it.
+"""
+
+import keras
 import torch
 from keras.utils import unpack_x_y_sample_weight
 
+from keras_kd.trainers.entry_points import CheckedEntryPoints
 
-class DistillationSteps:
+
+def check_no_distribution(method):
+    distribution = keras.distribution.distribution()
+    if distribution is not None:
+        raise ValueError(
+            f"{method}() was called under keras.distribution.{type(distribution).__name__}, which Keras's torch "
+            "backend does not support: it would train on one device and ignore the distribution. Use the JAX or "
+            "TensorFlow backend for multi-device distillation (docs/distribution.md), or drop the distribution "
+            "(leave its scope, or keras.distribution.set_distribution(None)) to train on one device."
+        )
+
+
+class DistillationSteps(CheckedEntryPoints):
+    def check_entry(self, method):
+        check_no_distribution(method)
+
     def per_replica_value(self, compiled_loss_value):
         return compiled_loss_value
 
