@@ -11,6 +11,7 @@ MODULES = [
     "keras_kd.losses.features",
     "keras_kd.losses.attention",
     "keras_kd.losses.relational",
+    "keras_kd.losses.top_k",
     "keras_kd.callbacks",
     "keras_kd.cache.teacher_cache",
     "keras_kd.cache.store",
