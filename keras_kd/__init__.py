@@ -19,6 +19,7 @@ _PUBLIC = {
     "paired_inputs": "keras_kd.model_inputs",
     "callbacks": "keras_kd.callbacks",
     "losses": "keras_kd.losses",
+    "recipes": "keras_kd.recipes",
 }
 
 __all__ = [*_PUBLIC, "__version__"]

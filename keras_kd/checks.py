@@ -128,3 +128,80 @@ def label_kind(y_shape, logits_shape):
         f"{logits_shape}. Pass class indices or one-hot vectors, or give compile() a loss "
         "that fits your labels."
     )
+
+
+# Several teachers.
+
+
+def check_teacher_list(teachers):
+    """Each of a list of teachers is a built keras.Model; the list is not empty."""
+    teachers = list(teachers)
+    if not teachers:
+        raise ValueError(
+            "teacher is an empty list. Give one teacher model, or a list of teacher models (multi-teacher "
+            "distillation, weighted by teacher_weights)."
+        )
+    for index, teacher in enumerate(teachers):
+        check_model(f"teacher[{index}]", teacher)
+        check_teacher_built(teacher)
+    return teachers
+
+
+def _teacher_label(index, teacher):
+    return f"teacher[{index}] {getattr(teacher, 'name', type(teacher).__name__)!r}"
+
+
+def check_teacher_output_shapes(teachers, shapes):
+    """The teachers' output shapes agree (None is a wildcard); raises naming two that differ."""
+    known = [(index, tuple(shape)) for index, shape in enumerate(shapes) if shape is not None]
+    if not known:
+        return
+    first, first_shape = known[0]
+    for index, shape in known[1:]:
+        if not shapes_match(first_shape, shape):
+            raise ValueError(
+                f"The teachers' outputs differ in shape: {_teacher_label(first, teachers[first])} outputs "
+                f"{first_shape} but {_teacher_label(index, teachers[index])} outputs {shape}. Their tempered "
+                "probabilities are averaged class by class (and position by position), so every teacher must "
+                "output the student's shape: the same classes on the last axis and the same sequence length."
+            )
+
+
+def check_teacher_weights(weights, count, single_model=False):
+    """`teacher_weights` normalized to sum 1 (uniform when None), or None for one teacher; raises on bad ones.
+
+    `single_model`: the teacher was given as one model (not a list), where weights mean nothing.
+    """
+    if weights is None:
+        return None if count == 1 else [1.0 / count] * count
+    if single_model:
+        raise ValueError(
+            f"teacher_weights={weights!r} weighs several teachers, but a single teacher was given (a model, or a "
+            "cache of one teacher). Pass teacher=[teacher_1, teacher_2, ...] (or a cache built from such a list) for "
+            "multi-teacher distillation, or drop teacher_weights."
+        )
+    if isinstance(weights, (str, bytes)) or not hasattr(weights, "__len__"):
+        raise TypeError(f"teacher_weights must be a list of numbers, one per teacher; got {weights!r}.")
+    values = []
+    for index, value in enumerate(weights):
+        if isinstance(value, bool) or not isinstance(value, (int, float)) and not hasattr(value, "__float__"):
+            raise TypeError(f"teacher_weights[{index}] must be a number, got {value!r} ({type(value).__name__}).")
+        values.append(float(value))
+    if len(values) != count:
+        raise ValueError(
+            f"teacher_weights has {len(values)} values {values} for {count} teachers. Give one weight per "
+            "teacher, in the order of the teacher list (or None for equal weights)."
+        )
+    for index, value in enumerate(values):
+        if not math.isfinite(value) or value < 0:
+            raise ValueError(
+                f"teacher_weights[{index}] is {value}; weights must be finite and >= 0 (they are normalized to sum "
+                "to 1: [2, 1] gives the first teacher two thirds of the mixture)."
+            )
+    total = sum(values)
+    if not total > 0:
+        raise ValueError(
+            f"teacher_weights {values} sum to {total}; at least one teacher needs a weight > 0 (they are "
+            "normalized to sum to 1)."
+        )
+    return [value / total for value in values]

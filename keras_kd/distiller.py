@@ -4,19 +4,27 @@ The train/test step bodies live in `keras_kd/trainers/`, one file per backend;
 everything here is backend-agnostic.
 """
 
+import functools
+
 import keras
 from keras import ops
 
 from keras_kd import checks, text_pipeline
 from keras_kd.cache.teacher_cache import TeacherCache
 from keras_kd.losses._reduction import weighted_mean
+from keras_kd.losses.logits import mixture_logits
 from keras_kd.losses.top_k import top_k_soft_target_kl
 from keras_kd.model_inputs import cached_teacher_outputs, is_cached, student_padding_mask, student_view, teacher_view
 from keras_kd.pair_bindings import BoundPairs
 from keras_kd.pairs import Hint
+from keras_kd.soft_loss import SoftLossWarmup
+from keras_kd.soft_loss import describe as describe_soft_loss
 from keras_kd.soft_loss import deserialize as deserialize_soft_loss
+from keras_kd.soft_loss import needs_labels as soft_loss_needs_labels
 from keras_kd.soft_loss import resolve as resolve_soft_loss
 from keras_kd.soft_loss import serialize as serialize_soft_loss
+from keras_kd.soft_loss import warmup_epochs as soft_loss_warmup_epochs
+from keras_kd.soft_loss import warmup_weight as soft_loss_warmup_weight
 from keras_kd.taps import capture
 from keras_kd.trainers import DistillationSteps
 
@@ -66,6 +74,33 @@ class Distiller(DistillationSteps, keras.Model):
     (`distiller.temperature = 2.0`, or `keras_kd.callbacks.TemperatureScheduler`)
     and compiled steps see the new value without recompiling.
 
+    Decoupled KD: `soft_loss=keras_kd.losses.DKD(alpha=1.0, beta=8.0, temperature=T)`
+    (Zhao et al., CVPR 2022) receives the batch's labels (class ids or one-hot) besides
+    the logits, so every batch needs labels; a batch without them is an error. With
+    `DKD(warmup_epochs=N)` the soft term is multiplied by `min((e + 1) / N, 1)` in epoch
+    `e` (counted from 0, `initial_epoch` included), as in the paper's code: `fit` adds a
+    `keras_kd.soft_loss.SoftLossWarmup` callback that sets the weight (a variable, so compiled
+    steps see it) at the start of every epoch and logs it as `soft_loss_warmup`; the logged
+    `soft_loss` is the weighted term. Outside `fit`, set `distiller.soft_loss_warmup`.
+    The distiller's `alpha` still mixes the two terms: `alpha * CE + (1 - alpha) * DKD`, so
+    `alpha=0.5` is the paper's `CE + DKD` at half the scale.
+
+    Several teachers: `teacher=[t1, t2, ...]` with `teacher_weights=[w1, w2, ...]` (normalized
+    to sum to 1; equal by default). Each teacher runs once per step, frozen, and the soft
+    targets are the weighted mixture of their tempered probabilities,
+    `p_t = sum_i w_i softmax(z_i / T)`. Probabilities are averaged rather than logits:
+    the mixture is the arithmetic mean of the ensemble's distributions, while the softmax of
+    averaged logits is their normalized geometric mean, sharper and dominated by the teacher
+    with the largest logits (Hinton et al. 2015 mention both means for distilling an
+    ensemble). The soft loss (any choice below, DKD included) receives the mixture as the
+    logits `T * log p_t` (see `keras_kd.losses.mixture_logits`), computed inside the step
+    with the current temperature; a callable `soft_loss` sees those too. The hard-label term
+    does not involve the teachers. Layer `pairs` compare one teacher's layers and are refused
+    with several teachers. The teachers must output the student's shape; a 1-element list is
+    a single teacher. A `TeacherCache` built from a list of teachers stores every teacher's
+    logits, so `Distiller(cache, student, teacher_weights=...)` trains on the same mixture
+    without running them.
+
     Offline distillation: with a `keras_kd.TeacherCache` as `teacher`, the teacher's logits
     (and its paired layers' outputs) come from the cache and no step runs the teacher. Fit on
     `cache.dataset(...)` (or `cache.attach(...)`); its batches carry the stored outputs next to
@@ -73,7 +108,8 @@ class Distiller(DistillationSteps, keras.Model):
     every pair, its teacher layer (`TeacherCache.build(..., pairs=...)`).
 
     Args:
-        teacher: a built `keras.Model` that returns logits, or a `keras_kd.TeacherCache`.
+        teacher: a built `keras.Model` that returns logits, a list of them (several
+            teachers, mixed by `teacher_weights`), or a `keras_kd.TeacherCache`.
         student: a `keras.Model` that returns logits of the teacher's shape.
         temperature: `T > 0` that softens both distributions.
         alpha: weight of the hard-label loss in `[0, 1]`.
@@ -82,9 +118,13 @@ class Distiller(DistillationSteps, keras.Model):
             (`T**2 * KL(p_t || p_s)`, Hinton et al.), `"reverse_kl"`
             (`T**2 * KL(p_s || p_t)`), a loss object from `keras_kd.losses` such as
             `GeneralizedJSD(beta=0.5)` (its temperature must equal the distiller's,
-            which is the one used), or a callable
-            `(teacher_logits, student_logits, temperature, sample_weight) -> scalar`.
+            which is the one used), `DKD(alpha, beta, ...)` (decoupled KD; needs labels), or
+            a callable `(teacher_logits, student_logits, temperature, sample_weight) -> scalar`
+            (one with an attribute `needs_labels = True` is called with the labels as a fifth
+            argument).
         name: name of the model.
+        teacher_weights: with several teachers, one weight >= 0 per teacher (normalized to
+            sum to 1); `None` weighs them equally. An error with a single teacher model.
 
     Example:
 
@@ -97,28 +137,64 @@ class Distiller(DistillationSteps, keras.Model):
     ...     x, y, epochs=1, verbose=0)
     >>> sorted(history.history)
     ['accuracy', 'hard_loss', 'loss', 'soft_loss']
+
+    Two teachers, the first weighted twice as much, with decoupled KD warmed up over 2 epochs:
+
+    >>> teachers = [keras.Sequential([keras.Input((4,)), keras.layers.Dense(3)]) for _ in range(2)]
+    >>> distiller = keras_kd.Distiller(teachers, student, teacher_weights=[2, 1],
+    ...                                soft_loss=keras_kd.losses.DKD(warmup_epochs=2))
+    >>> history = distiller.compile(optimizer="adam").fit(x, y, epochs=3, verbose=0)
+    >>> [round(w, 2) for w in history.history["soft_loss_warmup"]]
+    [0.5, 1.0, 1.0]
     """
 
     def __init__(
-        self, teacher, student, temperature=4.0, alpha=0.1, pairs=(), soft_loss="kl", name="distiller", **kwargs
+        self,
+        teacher,
+        student,
+        temperature=4.0,
+        alpha=0.1,
+        pairs=(),
+        soft_loss="kl",
+        name="distiller",
+        teacher_weights=None,
+        **kwargs,
     ):
         super().__init__(name=name, **kwargs)
         self._teacher_cache = teacher if isinstance(teacher, TeacherCache) else None
         if self._teacher_cache is not None:
             checks.check_model("student", student)
             _check_cache_student(teacher, student)
+            teachers = []
+            num_teachers = teacher.num_teachers
         else:
-            checks.check_model("teacher", teacher)
+            teachers = checks.check_teacher_list(teacher) if _is_teacher_list(teacher) else [teacher]
+            if not _is_teacher_list(teacher):
+                checks.check_model("teacher", teacher)
+                checks.check_teacher_built(teacher)
             checks.check_model("student", student)
-            checks.check_teacher_built(teacher)
-            text_pipeline.check_shared_vocabulary(teacher, student)
-            checks.check_model_pair(teacher, student)
+            checks.check_teacher_output_shapes(teachers, [checks._known_shape(t) for t in teachers])
+            for model in teachers:
+                text_pipeline.check_shared_vocabulary(model, student)
+                checks.check_model_pair(model, student)
+            num_teachers = len(teachers)
+        self._num_teachers = num_teachers
+        self._teacher_weights = checks.check_teacher_weights(
+            teacher_weights, num_teachers, single_model=not _is_teacher_list(teacher) and num_teachers == 1
+        )
+        if num_teachers > 1 and pairs:
+            raise ValueError(
+                f"Layer pairs ({', '.join(type(p).__name__ for p in pairs)}) compare one teacher's layers with the "
+                f"student's, but this distiller has {num_teachers} teachers. Distil the features from one teacher "
+                "in a separate Distiller (e.g. Distiller(teacher_1, student, pairs=[...]) first, then "
+                "Distiller([teacher_1, teacher_2], student)), or drop the pairs."
+            )
         temperature = checks.check_temperature(temperature)
         alpha = checks.check_alpha(alpha)
 
-        if self._teacher_cache is None:
-            teacher.trainable = False
-        self.teacher = teacher
+        for model in teachers:
+            model.trainable = False
+        self.teacher = list(teachers) if _is_teacher_list(teacher) else teacher
         self.student = student
         self._temperature = self._scalar_variable("temperature", temperature)
         self._alpha = self._scalar_variable("alpha", alpha)
@@ -127,9 +203,19 @@ class Distiller(DistillationSteps, keras.Model):
         self._bind_pairs(pairs)
         self.soft_loss = soft_loss
         self._soft_term = resolve_soft_loss(soft_loss, temperature)
+        self._soft_needs_labels = soft_loss_needs_labels(soft_loss)
+        if self._soft_needs_labels and self._teacher_cache is not None and not self._teacher_cache.has_labels:
+            raise ValueError(
+                f"soft_loss {describe_soft_loss(soft_loss)} needs the labels of every batch, but the teacher cache "
+                f"in {self._teacher_cache.directory} holds none. Build the cache from (x, y) data, or use another "
+                "soft_loss ('kl', 'reverse_kl', GeneralizedJSD) for unlabelled data."
+            )
         if self._teacher_cache is not None and self._teacher_cache.top_k is not None:
             self._soft_term = _top_k_soft_term(self._teacher_cache, soft_loss)
-        self._text_pipeline = text_pipeline.TextPipeline(teacher, student)
+        self._soft_loss_warmup = None
+        if soft_loss_warmup_epochs(soft_loss):
+            self._soft_loss_warmup = self._scalar_variable("soft_loss_warmup", soft_loss_warmup_weight(soft_loss, 0))
+        self._text_pipeline = _text_pipeline(teachers or [teacher], student)
         if student.built:
             # Built parts make a built distiller: BackupAndRestore and JAX's
             # stateless step need every variable before the first batch.
@@ -138,7 +224,8 @@ class Distiller(DistillationSteps, keras.Model):
     def _bind_pairs(self, pairs):
         if not isinstance(pairs, (list, tuple)):
             raise TypeError(f"pairs must be a list of keras_kd.LayerPair objects, got {type(pairs).__name__}.")
-        self._bound_pairs = BoundPairs(list(pairs), self.teacher, self.student, teacher_cache=self._teacher_cache)
+        teacher = self.teachers[0] if self.teachers else None
+        self._bound_pairs = BoundPairs(list(pairs), teacher, self.student, teacher_cache=self._teacher_cache)
         self.pairs = self._bound_pairs.pairs
         self.pair_loss_trackers = [keras.metrics.Mean(name=name) for name in self._bound_pairs.log_names]
         self._hint_warmup = None
@@ -150,6 +237,23 @@ class Distiller(DistillationSteps, keras.Model):
     def pair_log_names(self):
         """The log entry of each pair's term, in the order of `pairs`."""
         return list(self._bound_pairs.log_names)
+
+    @property
+    def teachers(self):
+        """The teacher models, in order: one for a single teacher, none with a `TeacherCache`."""
+        if self._teacher_cache is not None:
+            return []
+        return list(self.teacher) if _is_teacher_list(self.teacher) else [self.teacher]
+
+    @property
+    def num_teachers(self):
+        """How many teachers' soft targets are mixed (a multi-teacher cache counts its teachers)."""
+        return self._num_teachers
+
+    @property
+    def teacher_weights(self):
+        """The teachers' mixture weights, normalized to sum to 1; None for a single teacher."""
+        return None if self._teacher_weights is None else list(self._teacher_weights)
 
     def _scalar_variable(self, name, value):
         return self.add_weight(
@@ -178,6 +282,30 @@ class Distiller(DistillationSteps, keras.Model):
     @alpha.setter
     def alpha(self, value):
         self._alpha.assign(checks.check_alpha(value))
+
+    @property
+    def soft_loss_warmup(self):
+        """The warm-up weight of the soft term, in `[0, 1]`: 1.0 without a warm-up.
+
+        With `soft_loss=DKD(warmup_epochs=N)`, `fit` sets it at the start of every epoch `e` to
+        `min((e + 1) / N, 1)` (counting from `initial_epoch`); a loop of your own around
+        `train_on_batch` sets it by assignment.
+        """
+        if self._soft_loss_warmup is None:
+            return 1.0
+        return float(ops.convert_to_numpy(self._soft_loss_warmup))
+
+    @soft_loss_warmup.setter
+    def soft_loss_warmup(self, value):
+        if self._soft_loss_warmup is None:
+            raise ValueError(
+                f"soft_loss {describe_soft_loss(self.soft_loss)} has no warm-up (warmup_epochs=0), so there is no "
+                "soft_loss_warmup to set. Give the soft loss warmup_epochs > 0, e.g. "
+                "keras_kd.losses.DKD(warmup_epochs=20)."
+            )
+        if isinstance(value, bool) or not isinstance(value, (int, float)) or not 0.0 <= value <= 1.0:
+            raise ValueError(f"soft_loss_warmup must be a number in [0, 1], got {value!r}.")
+        self._soft_loss_warmup.assign(float(value))
 
     def call(self, inputs, training=None):
         return self.student(student_view(inputs), training=training)
@@ -209,6 +337,9 @@ class Distiller(DistillationSteps, keras.Model):
 
         See `keras_kd.text_pipeline` for which preprocessor feeds which model.
         """
+        if self._soft_loss_warmup is not None:
+            schedule = functools.partial(soft_loss_warmup_weight, self.soft_loss)
+            kwargs["callbacks"] = _with_soft_loss_warmup(kwargs.get("callbacks"), schedule)
         pipeline = self._text_pipeline
         if text_pipeline.holds_strings(x):
             if validation_split and validation_data is None:
@@ -286,8 +417,15 @@ class Distiller(DistillationSteps, keras.Model):
         """
         if self._teacher_cache is not None or is_cached(x):
             return self._cached_teacher_forward(x)
+        teachers = self.teachers
+        if len(teachers) > 1:
+            # One forward pass per teacher; their logits stacked on axis 1, mixed in the loss.
+            inputs = teacher_view(x)
+            logits = [teacher(inputs, training=False) for teacher in teachers]
+            checks.check_teacher_output_shapes(teachers, [tuple(value.shape) for value in logits])
+            return ops.stack([ops.cast(value, "float32") for value in logits], axis=1), []
         with capture() as captured:
-            logits = self.teacher(teacher_view(x), training=False)
+            logits = teachers[0](teacher_view(x), training=False)
         return logits, self._bound_pairs.features(captured, "teacher")
 
     def _cached_teacher_forward(self, x):
@@ -327,13 +465,29 @@ class Distiller(DistillationSteps, keras.Model):
         positions of sequence-valued pair terms (`Hint`, `CosineEmbedding`).
         """
         padding_mask = None if inputs is None else student_padding_mask(inputs)
+        if self._num_teachers > 1:
+            # (batch, teachers, ..., classes) -> logits of the weighted mixture of tempered probabilities.
+            teacher_logits = mixture_logits(teacher_logits, self._temperature, self._teacher_weights, axis=1)
         checks.check_output_shapes(_logits_shape(teacher_logits, student_logits), student_logits.shape)
-        soft = ops.cast(self._soft_term(teacher_logits, student_logits, self._temperature, sample_weight), "float32")
+        labels = None
+        if self._soft_needs_labels:
+            if y is None:
+                raise ValueError(
+                    f"soft_loss {describe_soft_loss(self.soft_loss)} needs the labels of every batch (it splits the "
+                    "soft targets at the true class), but this batch has none. Pass labels (fit(x, y), or a dataset "
+                    "yielding (x, y)), or use another soft_loss ('kl', 'reverse_kl', GeneralizedJSD) for "
+                    "unlabelled data."
+                )
+            labels = y
+        soft = self._soft_term(teacher_logits, student_logits, self._temperature, sample_weight, labels)
+        soft = ops.cast(soft, "float32")
         if len(soft.shape):
             raise ValueError(
                 f"soft_loss {self.soft_loss!r} returned a value of shape {tuple(soft.shape)}; it must return a "
                 "scalar (average over examples and positions, using sample_weight)."
             )
+        if self._soft_loss_warmup is not None:
+            soft = self._soft_loss_warmup * soft
         terms = {"soft_loss": soft}
         if y is None:
             loss = soft
@@ -436,24 +590,74 @@ class Distiller(DistillationSteps, keras.Model):
     # Serialization.
 
     def get_config(self):
+        if _is_teacher_list(self.teacher):
+            teacher = [_serialize_uncompiled(model) for model in self.teacher]
+        else:
+            teacher = _serialize_uncompiled(self.teacher)
         return {
             "name": self.name,
-            "teacher": _serialize_uncompiled(self.teacher),
+            "teacher": teacher,
             "student": _serialize_uncompiled(self.student),
             "temperature": self.temperature,
             "alpha": self.alpha,
             "pairs": [keras.saving.serialize_keras_object(pair) for pair in self.pairs],
             "soft_loss": serialize_soft_loss(self.soft_loss),
+            "teacher_weights": self.teacher_weights,
         }
 
     @classmethod
     def from_config(cls, config):
         config = dict(config)
-        for key in ("teacher", "student"):
-            config[key] = keras.saving.deserialize_keras_object(config[key])
+        if isinstance(config["teacher"], (list, tuple)):
+            config["teacher"] = [keras.saving.deserialize_keras_object(model) for model in config["teacher"]]
+        else:
+            config["teacher"] = keras.saving.deserialize_keras_object(config["teacher"])
+        config["student"] = keras.saving.deserialize_keras_object(config["student"])
         config["pairs"] = [keras.saving.deserialize_keras_object(pair) for pair in config.get("pairs", [])]
         config["soft_loss"] = deserialize_soft_loss(config.get("soft_loss", "kl"))
         return cls(**config)
+
+
+def _is_teacher_list(teacher):
+    return isinstance(teacher, (list, tuple))
+
+
+def _with_soft_loss_warmup(callbacks, schedule):
+    """`callbacks` plus a `SoftLossWarmup` (unless one is there): `fit` always applies the warm-up."""
+    if isinstance(callbacks, keras.callbacks.CallbackList):
+        if not any(isinstance(c, SoftLossWarmup) for c in callbacks.callbacks):
+            callbacks.append(SoftLossWarmup(schedule))
+        return callbacks
+    callbacks = list(callbacks or [])
+    if not any(isinstance(c, SoftLossWarmup) for c in callbacks):
+        callbacks.append(SoftLossWarmup(schedule))
+    return callbacks
+
+
+class _SharedTextPipeline(text_pipeline.TextPipeline):
+    """The raw-string pipeline of several teachers: they must read the same tokens."""
+
+    def __init__(self, teachers, student):
+        super().__init__(teachers[0], student)
+        self.teachers = teachers
+
+    def check_can_read_strings(self):
+        first = self.teacher_preprocessor
+        for index, teacher in enumerate(self.teachers[1:], start=1):
+            if getattr(teacher, "preprocessor", None) is not first:
+                raise ValueError(
+                    f"The teachers {self.teachers[0].name!r} and {teacher.name!r} (teacher[{index}]) have different "
+                    "preprocessors, and a batch of raw strings is tokenized once for all teachers. Give the teachers "
+                    "one preprocessor object, or pass token inputs that every teacher reads "
+                    "(keras_kd.paired_inputs(teacher_tokens, student_tokens) when the student's differ)."
+                )
+        super().check_can_read_strings()
+
+
+def _text_pipeline(teachers, student):
+    if len(teachers) > 1:
+        return _SharedTextPipeline(teachers, student)
+    return text_pipeline.TextPipeline(teachers[0], student)
 
 
 def _serialize_uncompiled(model):
@@ -493,7 +697,7 @@ def _top_k_soft_term(cache, soft_loss):
             f"only the forward KL uses (keras_kd.losses.top_k_soft_target_loss); soft_loss={soft_loss!r} needs the "
             "dense logits. Use soft_loss='kl', or build the cache with top_k=None."
         )
-    return lambda teacher_top_k, student_logits, temperature, weight: weighted_mean(
+    return lambda teacher_top_k, student_logits, temperature, weight, labels=None: weighted_mean(
         top_k_soft_target_kl(teacher_top_k, student_logits, temperature), weight
     )
 

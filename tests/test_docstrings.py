@@ -8,6 +8,7 @@ import pytest
 MODULES = [
     "keras_kd.distiller",
     "keras_kd.losses.logits",
+    "keras_kd.losses.dkd",
     "keras_kd.losses.features",
     "keras_kd.losses.attention",
     "keras_kd.losses.relational",
@@ -17,6 +18,8 @@ MODULES = [
     "keras_kd.cache.store",
     "keras_kd.model_inputs",
     "keras_kd.hub.student",
+    "keras_kd.recipes.progressive",
+    "keras_kd.recipes.pseudo_label",
 ]
 
 

@@ -76,3 +76,22 @@ def test_the_soft_loss_choice_survives_save_and_load(tmp_path):
     loaded = keras.saving.load_model(tmp_path / "d.keras")
     assert isinstance(loaded.soft_loss, GeneralizedJSD) and loaded.soft_loss.beta == 0.7
     assert evaluate(loaded, x, y)["soft_loss"] == pytest.approx(evaluate(distiller, x, y)["soft_loss"], rel=1e-5)
+
+
+def test_a_callable_that_needs_labels_gets_them_and_refuses_unlabelled_batches():
+    x, y = toy_data(n=32)
+    seen = []
+
+    def true_class_gap(teacher_logits, student_logits, temperature, sample_weight, labels):
+        seen.append(tuple(labels.shape))
+        target = keras.ops.one_hot(keras.ops.cast(labels, "int32"), 3)
+        return keras.ops.mean(keras.ops.sum((teacher_logits - student_logits) * target, axis=-1) ** 2)
+
+    true_class_gap.needs_labels = True
+    teacher, student = dense_model(8, 3, hidden=8), dense_model(8, 3)
+    distiller = keras_kd.Distiller(teacher, student, soft_loss=true_class_gap)
+    gap = (logits(teacher, x) - logits(student, x))[np.arange(32), y]
+    assert evaluate(distiller, x, y)["soft_loss"] == pytest.approx(float(np.mean(gap**2)), rel=1e-5)
+    assert seen and all(shape[-1:] in ((32,), (None,)) for shape in seen)
+    with pytest.raises(ValueError, match="soft_loss true_class_gap needs the labels of every batch"):
+        distiller.fit(x, epochs=1, verbose=0)

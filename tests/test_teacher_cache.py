@@ -351,3 +351,23 @@ def test_paired_inputs_store_the_student_side(tmp_path):
     np.testing.assert_allclose(batch_x["teacher_logits"], keras.ops.convert_to_numpy(teacher(x)), rtol=1e-2, atol=1e-2)
     distiller = keras_kd.Distiller(cache, student).compile(optimizer="sgd")
     assert np.isfinite(distiller.fit(cache.attach((paired, y)), epochs=1, verbose=0).history["loss"][0])
+
+
+def test_tf_data_form_yields_the_same_batches(tmp_path):
+    tf = pytest.importorskip("tensorflow")
+    teacher = mlp(16, "teacher")
+    x, y = data()
+    cache = build(teacher, tmp_path / "c", x, y, examples_per_shard=12)
+    in_order = cache.dataset(batch_size=16, shuffle=False)
+    for (got_x, got_y), (want_x, want_y) in zip(in_order.as_tf_dataset(), concat_batches(in_order), strict=True):
+        np.testing.assert_array_equal(got_x["student_inputs"].numpy(), want_x["student_inputs"])
+        assert got_x["teacher_logits"].dtype == tf.float32
+        np.testing.assert_array_equal(got_x["teacher_logits"].numpy(), want_x["teacher_logits"])
+        np.testing.assert_array_equal(got_y.numpy(), want_y)
+    shuffled = cache.dataset(batch_size=16, shuffle=True, seed=1).as_tf_dataset(shuffle_batches=True)
+    epochs = [np.concatenate([b[1].numpy() for b in shuffled]) for _ in range(2)]
+    inputs = np.concatenate([b[0]["student_inputs"].numpy() for b in shuffled])
+    assert sorted(inputs[:, 0].tolist()) == sorted(x[:, 0].tolist())  # every example once per epoch
+    assert all(sorted(e.tolist()) == sorted(y.tolist()) for e in epochs)
+    assert not np.array_equal(epochs[0], epochs[1])  # a new order each epoch
+    assert TeacherCache(str(tmp_path / "c"), cache_shards=1).dataset(16).as_tf_dataset() is None  # not in memory

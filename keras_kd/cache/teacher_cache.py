@@ -13,7 +13,12 @@ What a cache stores (per example, in the shards of a `keras_kd.cache.ShardStore`
   reads `teacher_x` and only `student_x` is stored. Inputs are arrays: tokenize raw strings first.
 * `y`, `sample_weight`: when the data has them.
 * `teacher/logits`: the teacher's output, in the cache's `dtype` (`"float16"` by default, or
-  `"float32"`); read back as float32.
+  `"float32"`); read back as float32. A cache built from a list of `K` teachers stores every
+  teacher's logits in one array with a teacher axis, `(K, *logits shape)` per example (in the
+  list's order), so that `Distiller(cache, student, teacher_weights=...)` mixes them at the
+  step's temperature with any weights, exactly as the online multi-teacher distiller does
+  (storing the mixture instead would fix `T` and the weights at build time). Such a cache
+  holds no top-k logits and no pair features.
 * With `top_k=K`, instead of the logits: `teacher/top_k/values` (the K largest logits per
   position, in `dtype`), `teacher/top_k/indices` (int32) and `teacher/top_k/tail_logsumexp`
   (float32: the log of the other classes' summed `exp(logit)`), as
@@ -26,9 +31,9 @@ What a cache stores (per example, in the shards of a `keras_kd.cache.ShardStore`
 * `fingerprint`: `example_fingerprints` of the example's whole `x` (16 bytes).
 
 The manifest's metadata holds `kind` (`"keras_kd.TeacherCache"`), `teacher` (the
-`teacher_fingerprint`), `dtype`, `pair_paths` (the teacher layer paths of each pair), `inputs`
-(the nesting of `x`), `has_labels`, `has_sample_weight`, and for a top-k cache `top_k` and
-`vocabulary_size`.
+`teacher_fingerprint`; for several teachers a list of them, and `num_teachers`), `dtype`,
+`pair_paths` (the teacher layer paths of each pair), `inputs` (the nesting of `x`),
+`has_labels`, `has_sample_weight`, and for a top-k cache `top_k` and `vocabulary_size`.
 
 What a batch of `cache.dataset(...)` holds
 ------------------------------------------
@@ -36,7 +41,8 @@ What a batch of `cache.dataset(...)` holds
 `(x, y)`, `(x, y, sample_weight)`, or `x` alone when the cache has no labels, where `x` is
 `{"student_inputs": <the stored inputs>, "teacher_logits": float32 array, "teacher_features":
 ((array per teacher layer) per pair)}` (the last key only when the cache holds pair features;
-tuples because tf.data refuses lists). A top-k cache has `"teacher_top_k": (values, indices,
+tuples because tf.data refuses lists). From a cache of `K` teachers, `teacher_logits` has the
+shape `(batch, K, ...)`. A top-k cache has `"teacher_top_k": (values, indices,
 tail_logsumexp)` (float32, int32, float32) in place of `"teacher_logits"`.
 A `Distiller` built on the cache reads the teacher's side of its loss from these keys.
 
@@ -63,6 +69,7 @@ import keras
 import numpy as np
 
 from keras_kd import checks, layer_paths
+from keras_kd.batches import dataset_batches
 from keras_kd.cache.fingerprints import _to_numpy, example_fingerprints, teacher_fingerprint
 from keras_kd.cache.shards import part_name, read_manifest
 from keras_kd.cache.store import ShardStore
@@ -139,6 +146,10 @@ def _slice(structure, start, stop=None):
     return keras.tree.map_structure(lambda a: a[start:stop], structure)
 
 
+def _numpy_cast(array, dtype):
+    return array.astype(dtype)
+
+
 def _take(structure, indices):
     return keras.tree.map_structure(lambda a: np.asarray(a)[indices], structure)
 
@@ -190,18 +201,8 @@ def _batches(data, batch_size):
         raise ValueError(
             "batch_size is for in-memory arrays; a dataset is already batched (batch it with .batch(n) instead)."
         )
-    if isinstance(data, keras.utils.PyDataset):
-        iterator = (data[i] for i in range(len(data)))
-    elif hasattr(data, "as_numpy_iterator"):
-        iterator = data.as_numpy_iterator()
-    elif hasattr(data, "__iter__"):
-        iterator = iter(data)
-    else:
-        raise TypeError(
-            "data must be a batched tf.data.Dataset (or another iterable of batches), a keras.utils.PyDataset, "
-            f"or NumPy arrays (x, a dict of arrays, or a tuple (x, y[, sample_weight])); got {type(data).__name__}."
-        )
-    for batch in iterator:
+    accepted = "NumPy arrays (x, a dict of arrays, or a tuple (x, y[, sample_weight]))"
+    for batch in dataset_batches(data, "data", accepted):
         yield _numpy_tree_parts(_unpack(batch))
 
 
@@ -284,8 +285,9 @@ class TeacherCache:
         """Runs `teacher` once over `data` and stores its outputs in `directory`; returns the opened cache.
 
         Args:
-            teacher: a built `keras.Model` returning one tensor of logits. It runs with
-                `training=False`, once per batch.
+            teacher: a built `keras.Model` returning one tensor of logits, or a list of them
+                (several teachers of one output shape, for a multi-teacher `Distiller`; no
+                `top_k`, no `pairs`). Each runs with `training=False`, once per batch.
             data: a batched `tf.data.Dataset` (or another iterable of batches, or a
                 `keras.utils.PyDataset`) yielding `x`, `(x, y)` or `(x, y, sample_weight)`; or
                 in-memory NumPy data: `x` (an array or a dict/list of arrays) or a tuple
@@ -326,12 +328,14 @@ class TeacherCache:
         directory holding the complete cache of the same teacher and data is verified the same
         way and returned as it is.
         """
-        checks.check_model("teacher", teacher)
-        checks.check_teacher_built(teacher)
+        teachers = _check_teachers(teacher)
         dtype = _check_dtype(dtype)
         if top_k is not None:
             check_top_k(top_k, None)
         pair_paths = _check_pairs(pairs)
+        if len(teachers) > 1:
+            _check_multi_teacher_options(len(teachers), top_k, pair_paths)
+        teacher = teachers[0]
         layers = [[layer_paths.resolve(teacher, path, "teacher") for path in paths] for paths in pair_paths]
         for layer in itertools.chain.from_iterable(layers):
             install_tap(layer)
@@ -343,13 +347,15 @@ class TeacherCache:
         x0, y0, sw0 = first
         metadata = {
             "kind": KIND,
-            "teacher": teacher_fingerprint(teacher),
+            "teacher": _fingerprints(teachers),
             "dtype": dtype,
             "pair_paths": pair_paths,
             "inputs": _input_spec(student_view(x0)),
             "has_labels": y0 is not None,
             "has_sample_weight": sw0 is not None,
         }
+        if len(teachers) > 1:
+            metadata["num_teachers"] = len(teachers)
         if top_k is not None:
             # Checked before anything is written: a bad top_k leaves no directory behind.
             vocabulary_size = _vocabulary_size(teacher, teacher_view(x0))
@@ -361,7 +367,7 @@ class TeacherCache:
             directory = os.path.join(whole_directory, part_name(index, count))
         store_metadata = metadata if part is None else {**metadata, "part": [index, count]}
         store = ShardStore.create(directory, store_metadata, examples_per_shard=examples_per_shard)
-        forward = _TeacherForward(teacher, pair_paths, layers, top_k)
+        forward = _TeacherForward(teachers, pair_paths, layers, top_k)
         skip = store.stored_examples
         progbar = keras.utils.Progbar(None, unit_name="example") if verbose else None
         position = 0
@@ -425,12 +431,19 @@ class TeacherCache:
 
     def __repr__(self):
         stored = "logits" if self.top_k is None else f"top-{self.top_k} logits of"
+        if self.num_teachers > 1:
+            stored = f"{self.num_teachers} teachers' logits"
         return f"<TeacherCache {self.directory!r}: {len(self)} examples, {stored} {self.logits_shape} {self.dtype}>"
 
     @property
     def teacher_fingerprint(self):
-        """The `teacher_fingerprint` of the teacher that produced the outputs."""
+        """The `teacher_fingerprint` of the teacher that produced the outputs (a list, one per teacher, for several)."""
         return self._metadata["teacher"]
+
+    @property
+    def num_teachers(self):
+        """How many teachers' logits the cache holds (1 unless it was built from a list of teachers)."""
+        return int(self._metadata.get("num_teachers", 1))
 
     @property
     def dtype(self):
@@ -446,7 +459,8 @@ class TeacherCache:
     def logits_shape(self):
         """The shape of the teacher's logits for one example (no batch axis), also for a top-k cache."""
         if self.top_k is None:
-            return self._schema[LOGITS][1]
+            shape = tuple(self._schema[LOGITS][1])
+            return shape[1:] if self.num_teachers > 1 else shape
         return (*self._schema[TOP_K_VALUES][1][:-1], self._metadata["vocabulary_size"])
 
     @property
@@ -493,27 +507,27 @@ class TeacherCache:
             [rng.permutation(np.concatenate([np.arange(starts[k], ends[k]) for k in group])) for group in groups]
         )
 
-    def _teacher_side(self, arrays):
+    def _teacher_side(self, arrays, cast=_numpy_cast):
         if self.top_k is None:
-            x = {LOGITS_KEY: arrays[LOGITS].astype("float32")}
+            x = {LOGITS_KEY: cast(arrays[LOGITS], "float32")}
         else:
             x = {
                 TOP_K_KEY: (
-                    arrays[TOP_K_VALUES].astype("float32"),
-                    arrays[TOP_K_INDICES].astype("int32"),
-                    arrays[TOP_K_TAIL].astype("float32"),
+                    cast(arrays[TOP_K_VALUES], "float32"),
+                    cast(arrays[TOP_K_INDICES], "int32"),
+                    cast(arrays[TOP_K_TAIL], "float32"),
                 )
             }
         if self._metadata["pair_paths"]:
             # Tuples, not lists: tf.data (Keras's PyDataset adapter on TensorFlow) refuses lists.
             x[TEACHER_FEATURES_KEY] = tuple(
-                tuple(arrays[feature_key(i, j)].astype("float32") for j in range(len(paths)))
+                tuple(cast(arrays[feature_key(i, j)], "float32") for j in range(len(paths)))
                 for i, paths in enumerate(self._metadata["pair_paths"])
             )
         return x
 
-    def _pack(self, student_inputs, arrays):
-        x = {STUDENT_KEY: student_inputs, **self._teacher_side(arrays)}
+    def _pack(self, student_inputs, arrays, cast=_numpy_cast):
+        x = {STUDENT_KEY: student_inputs, **self._teacher_side(arrays, cast)}
         if not self.has_labels:
             return x
         if self.has_sample_weight:
@@ -526,11 +540,16 @@ class TeacherCache:
         When every shard fits in `cache_shards`, the whole cache is read once into one array per
         key, and a batch is one fancy index per key instead of a gather from each shard it touches.
         """
+        resident = self._resident()
+        if resident is None:
+            return self._store.get(indices)
+        return {key: array[indices] for key, array in resident.items() if key not in skip}
+
+    def _resident(self):
+        """Every stored array, whole, when all shards fit in `cache_shards` (read on first use); else None."""
         if self._resident_arrays is None and self._store.num_shards <= self._cache_shards:
             self._resident_arrays = self._store.read_all()
-        if self._resident_arrays is None:
-            return self._store.get(indices)
-        return {key: array[indices] for key, array in self._resident_arrays.items() if key not in skip}
+        return self._resident_arrays
 
     def batch(self, indices):
         """The batch of the examples at `indices`, as `dataset` yields it."""
@@ -552,7 +571,7 @@ class TeacherCache:
         Keras's `fit` also shuffles the order of a `PyDataset`'s batches unless given
         `shuffle=False`: for a fixed order pass `shuffle=False` to both.
         """
-        return _CacheDataset(self, batch_size, shuffle, seed)
+        return CacheDataset(self, batch_size, shuffle, seed)
 
     def attach(self, data, batch_size=None, shuffle=False):
         """Pairs your own inputs with the cached outputs, after checking that they are the same inputs.
@@ -631,12 +650,13 @@ class _TeacherForward(keras.Model):
     """The teacher's logits and its paired layers' outputs, run through Keras's compiled predict step.
 
     `predict_on_batch` jit-compiles it on JAX, traces it with `tf.function` on TensorFlow and runs it
-    without autograd on PyTorch, as `teacher.predict` would.
+    without autograd on PyTorch, as `teacher.predict` would. Several teachers (no pairs, no top-k)
+    each run once and their logits are stacked on axis 1: `(batch, teachers, ..., classes)`.
     """
 
-    def __init__(self, teacher, pair_paths, layers, top_k=None):
-        super().__init__(name=f"{teacher.name}_cache_forward")
-        self.teacher = teacher
+    def __init__(self, teachers, pair_paths, layers, top_k=None):
+        super().__init__(name=f"{teachers[0].name}_cache_forward")
+        self.teachers = list(teachers)
         self.top_k = top_k
         # A plain function, so that Keras does not track the teacher's inner layers a second time.
         self._read_features = lambda captured: [
@@ -646,13 +666,52 @@ class _TeacherForward(keras.Model):
         self.built = True
 
     def call(self, x, training=False):
+        teachers = self.teachers
+        if len(teachers) > 1:
+            outputs = [
+                _single_output(t(x, training=False), f"The teacher {t.name!r}'s output") for t in teachers
+            ]
+            checks.check_teacher_output_shapes(teachers, [tuple(value.shape) for value in outputs])
+            return keras.ops.stack([keras.ops.cast(value, "float32") for value in outputs], axis=1), []
         with capture() as captured:
-            logits = self.teacher(x, training=False)
-        logits = _single_output(logits, f"The teacher {self.teacher.name!r}'s output")
+            logits = teachers[0](x, training=False)
+        logits = _single_output(logits, f"The teacher {teachers[0].name!r}'s output")
         if self.top_k is not None:
             # On the teacher's device: only K values per position leave it.
             logits = top_k_logits(logits, self.top_k)
         return logits, self._read_features(captured)
+
+
+def _fingerprints(teachers):
+    """The metadata's `teacher`: one fingerprint, or a list of them for several teachers."""
+    if len(teachers) == 1:
+        return teacher_fingerprint(teachers[0])
+    return [teacher_fingerprint(t) for t in teachers]
+
+
+def _check_teachers(teacher):
+    """The teacher models to cache: one model, or a non-empty list of built models of one output shape."""
+    if isinstance(teacher, (list, tuple)):
+        teachers = checks.check_teacher_list(teacher)
+        checks.check_teacher_output_shapes(teachers, [checks._known_shape(t) for t in teachers])
+        return teachers
+    checks.check_model("teacher", teacher)
+    checks.check_teacher_built(teacher)
+    return [teacher]
+
+
+def _check_multi_teacher_options(count, top_k, pair_paths):
+    if top_k is not None:
+        raise ValueError(
+            f"top_k={top_k} keeps one teacher's largest logits, but {count} teachers were given: their mixture "
+            "needs every class of every teacher. Cache several teachers with top_k=None."
+        )
+    if pair_paths:
+        raise ValueError(
+            f"pairs store one teacher's layer outputs, but {count} teachers were given, and a multi-teacher "
+            "Distiller takes no layer pairs. Cache several teachers without pairs (and the teacher whose features "
+            "you distil in a cache of its own)."
+        )
 
 
 def _vocabulary_size(teacher, x):
@@ -735,7 +794,9 @@ def _check_resumed(store, position, fingerprints, directory):
         )
 
 
-class _CacheDataset(keras.utils.PyDataset):
+class CacheDataset(keras.utils.PyDataset):
+    """What `TeacherCache.dataset` returns: batches of the cache, with random access."""
+
     def __init__(self, cache, batch_size, shuffle, seed):
         super().__init__()
         if isinstance(batch_size, bool) or not isinstance(batch_size, int) or batch_size < 1:
@@ -743,6 +804,7 @@ class _CacheDataset(keras.utils.PyDataset):
         self.cache = cache
         self.batch_size = batch_size
         self.shuffle = bool(shuffle)
+        self.seed = seed
         self._rng = np.random.default_rng(seed)
         self._order = np.arange(len(cache))
         self.on_epoch_end()
@@ -762,8 +824,35 @@ class _CacheDataset(keras.utils.PyDataset):
         if self.shuffle:
             self._order = self.cache._shuffled_order(self._rng)
 
+    def as_tf_dataset(self, shuffle_batches=False):
+        """The same batches as a `tf.data.Dataset` over the cache held in memory; None when it is not.
 
-class _AttachedArrays(_CacheDataset):
+        Every epoch visits every example once, in a new order when `shuffle` (the whole cache
+        is one shuffle buffer, as `dataset` shuffles a cache that fits in memory), and
+        `shuffle_batches` also reorders the batches each epoch (what `fit(shuffle=True)` does
+        to a `PyDataset`). TensorFlow's `fit` reads it without a Python call per batch.
+        """
+        resident = self.cache._resident()
+        if resident is None:
+            return None
+        import tensorflow as tf
+
+        cache = self.cache
+        arrays = {key: array for key, array in resident.items() if key != FINGERPRINT}
+        dataset = tf.data.Dataset.from_tensor_slices(arrays)
+        if self.shuffle:
+            dataset = dataset.shuffle(len(cache), seed=self.seed, reshuffle_each_iteration=True)
+        dataset = dataset.batch(self.batch_size)
+        if shuffle_batches:
+            dataset = dataset.shuffle(len(self), seed=self.seed, reshuffle_each_iteration=True)
+
+        def pack(batch):
+            return cache._pack(_restore(cache._metadata["inputs"], batch), batch, tf.cast)
+
+        return dataset.map(pack, num_parallel_calls=tf.data.AUTOTUNE).prefetch(tf.data.AUTOTUNE)
+
+
+class _AttachedArrays(CacheDataset):
     def __init__(self, cache, data, batch_size, shuffle):
         x, y, sample_weight = _unpack(data)
         n = _batch_size_of(x)

@@ -1,6 +1,7 @@
 """Distillation losses: pure functions over `keras.ops`, each with a `keras.losses.Loss` wrapper."""
 
 from keras_kd.losses.attention import AttentionTransferLoss, attention_map, attention_transfer_loss
+from keras_kd.losses.dkd import DKD, dkd, dkd_loss, dkd_terms
 from keras_kd.losses.features import CosineEmbeddingLoss, HintLoss, cosine_embedding_loss, hint_loss
 from keras_kd.losses.logits import (
     GeneralizedJSD,
@@ -8,6 +9,7 @@ from keras_kd.losses.logits import (
     SoftTargetLoss,
     generalized_jsd,
     generalized_jsd_loss,
+    mixture_logits,
     reverse_kl,
     reverse_kl_loss,
     soft_target_kl,
@@ -19,6 +21,7 @@ from keras_kd.losses.top_k import top_k_logits, top_k_soft_target_kl, top_k_soft
 __all__ = [
     "AttentionTransferLoss",
     "CosineEmbeddingLoss",
+    "DKD",
     "GeneralizedJSD",
     "HintLoss",
     "RKDAngleLoss",
@@ -28,9 +31,13 @@ __all__ = [
     "attention_map",
     "attention_transfer_loss",
     "cosine_embedding_loss",
+    "dkd",
+    "dkd_loss",
+    "dkd_terms",
     "generalized_jsd",
     "generalized_jsd_loss",
     "hint_loss",
+    "mixture_logits",
     "reverse_kl",
     "reverse_kl_loss",
     "rkd_angle_loss",

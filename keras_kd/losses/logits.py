@@ -336,3 +336,48 @@ class GeneralizedJSD(_TemperedLoss):
 
     def get_config(self):
         return {**super().get_config(), "beta": self.beta}
+
+
+def mixture_logits(teacher_logits, temperature, weights=None, axis=1):
+    """Logits whose tempered softmax is the weighted mixture of several teachers' tempered softmaxes.
+
+    `teacher_logits` stacks the teachers along `axis` (the distiller uses
+    `(batch, teachers, ..., classes)`, `axis=1`). With `p_i = softmax(z_i / T)` and weights
+    `w_i >= 0` summing to 1 (uniform by default), the result is
+
+        T * log(sum_i w_i * p_i)
+
+    so that `softmax(result / T)` is exactly the mixture `sum_i w_i * p_i`, and any soft loss
+    (forward or reverse KL, generalized JSD, DKD) compares the student with the mixture at the
+    same temperature. It depends on `T`: compute it with the temperature of the step. The
+    mixture's log is a log-sum-exp of `log w_i + log p_i` in float32, stable for any logits;
+    teachers of weight 0 are left out.
+
+    Averaging probabilities is the arithmetic mean of the ensemble's distributions; averaging
+    the logits instead would give their normalized geometric mean, which is sharper and lets a
+    teacher with larger logits dominate. Hinton et al. (2015) mention both means for distilling
+    an ensemble.
+
+    Example:
+
+    >>> import numpy as np
+    >>> from keras import ops
+    >>> z = np.array([[[4.0, 0.0], [0.0, 4.0]]])  # (batch=1, teachers=2, classes=2)
+    >>> p = ops.convert_to_numpy(ops.softmax(mixture_logits(z, temperature=2.0) / 2.0))
+    >>> np.round(p, 4).tolist()
+    [[0.5, 0.5]]
+    """
+    teacher_logits = ops.cast(teacher_logits, "float32")
+    count = teacher_logits.shape[axis]
+    if weights is None:
+        weights = [1.0 / count] * count
+    if len(weights) != count:
+        raise ValueError(f"{len(weights)} weights for {count} teachers stacked on axis {axis}.")
+    temperature = ops.cast(temperature, "float32")
+    per_teacher = ops.moveaxis(teacher_logits, axis, 0)
+    terms = [
+        ops.log_softmax(per_teacher[i] / temperature, axis=-1) + math.log(w)
+        for i, w in enumerate(weights)
+        if w > 0
+    ]
+    return temperature * ops.logsumexp(ops.stack(terms, axis=0), axis=0)

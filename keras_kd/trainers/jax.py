@@ -35,7 +35,7 @@ def _device_names(devices):
 def _owner(model, variable):
     """Which part of the distiller a variable belongs to, for error messages."""
     key = id(variable)
-    parts = [("the teacher", getattr(model.teacher, "variables", []))]
+    parts = [("the teacher", [v for teacher in model.teachers for v in teacher.variables])]
     parts += [("the student", model.student.variables)]
     parts += [(f"the pair {pair.describe()}", pair.variables) for pair in model.pairs]
     parts += [("the optimizer", getattr(getattr(model, "optimizer", None), "variables", []))]

@@ -67,6 +67,15 @@ class DistillationSteps:
         )
         return self.update_distillation_metrics(loss, terms, x, y, student_logits, sample_weight)
 
+    def fit(self, x=None, *args, shuffle=True, **kwargs):
+        # A TeacherCache's PyDataset costs a Python call and a conversion per batch on TensorFlow
+        # (~2.7 ms against a ~4 ms student step): feed the in-memory cache through tf.data instead.
+        from keras_kd.cache.teacher_cache import CacheDataset
+
+        if type(x) is CacheDataset:  # not its subclass for attach(), which checks fingerprints per batch
+            x = x.as_tf_dataset(shuffle_batches=bool(shuffle)) or x
+        return super().fit(x, *args, shuffle=shuffle, **kwargs)
+
     # tf.distribute: see the module docstring.
 
     def compile(self, *args, **kwargs):
@@ -116,7 +125,7 @@ def check_strategy_owns_variables(distiller, strategy):
     fails with a bare `AssertionError`, or the run trains on one device.
     """
     owners = {}
-    for part, model in [("teacher", distiller.teacher), ("student", distiller.student)]:
+    for part, model in [*[("teacher", t) for t in distiller.teachers], ("student", distiller.student)]:
         if isinstance(model, keras.layers.Layer):
             owners.update({id(v): part for v in model.weights})
     strays = {}
