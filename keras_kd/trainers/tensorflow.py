@@ -73,7 +73,9 @@ class DistillationSteps:
         from keras_kd.cache.teacher_cache import CacheDataset
 
         if type(x) is CacheDataset:  # not its subclass for attach(), which checks fingerprints per batch
-            x = x.as_tf_dataset(shuffle_batches=bool(shuffle)) or x
+            as_tf_data = x.as_tf_dataset(shuffle_batches=bool(shuffle))
+            if as_tf_data is not None:
+                x, shuffle = as_tf_data, False  # shuffled above; Keras would warn that it ignores shuffle
         return super().fit(x, *args, shuffle=shuffle, **kwargs)
 
     # tf.distribute: see the module docstring.
