@@ -1,6 +1,24 @@
-"""Iterating over the batches of a dataset, whatever kind of dataset the user gave."""
+"""What the user gave as data: in-memory arrays or a dataset, and iterating over its batches."""
 
 import keras
+import numpy as np
+
+
+def is_in_memory(data):
+    """Arrays, or dicts/lists/tuples of arrays such as `(x, y[, sample_weight])`: not a dataset.
+
+    Array-like is anything with a `shape` and a `dtype` (NumPy arrays, backend tensors).
+    """
+    if isinstance(data, (dict, list, tuple)):
+        leaves = [leaf for leaf in keras.tree.flatten(data) if leaf is not None]
+    else:
+        leaves = [data]
+    return bool(leaves) and all(hasattr(leaf, "shape") and hasattr(leaf, "dtype") for leaf in leaves)
+
+
+def batch_size_of(x):
+    """The leading dimension of the first array of the structure `x`."""
+    return int(np.shape(keras.tree.flatten(x)[0])[0])
 
 
 def dataset_batches(data, name, accepted):

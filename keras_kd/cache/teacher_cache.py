@@ -69,7 +69,7 @@ import keras
 import numpy as np
 
 from keras_kd import checks, layer_paths
-from keras_kd.batches import dataset_batches
+from keras_kd.batches import batch_size_of, dataset_batches, is_in_memory
 from keras_kd.cache.fingerprints import _to_numpy, example_fingerprints, teacher_fingerprint
 from keras_kd.cache.shards import part_name, read_manifest
 from keras_kd.cache.store import ShardStore
@@ -138,10 +138,6 @@ def _numpy_tree(structure):
     return keras.tree.map_structure(_to_numpy, structure)
 
 
-def _batch_size_of(x):
-    return int(np.shape(keras.tree.flatten(x)[0])[0])
-
-
 def _slice(structure, start, stop=None):
     return keras.tree.map_structure(lambda a: a[start:stop], structure)
 
@@ -161,14 +157,6 @@ def _is_array_like(value):
     return isinstance(value, np.ndarray) or (hasattr(value, "shape") and hasattr(value, "dtype"))
 
 
-def _is_in_memory(data):
-    """Arrays, dicts/lists of arrays, or a tuple `(x, y[, sample_weight])` of them (not a dataset)."""
-    if isinstance(data, (dict, list, tuple)):
-        leaves = [leaf for leaf in keras.tree.flatten(data) if leaf is not None]
-        return bool(leaves) and all(_is_array_like(leaf) for leaf in leaves)
-    return _is_array_like(data)
-
-
 def _unpack(batch):
     if isinstance(batch, tuple):
         if not 1 <= len(batch) <= 3:
@@ -182,7 +170,7 @@ def _unpack(batch):
 def _array_batches(data, batch_size):
     """Batches `(x, y, sample_weight)` of in-memory data, in order."""
     x, y, sample_weight = _unpack(data)
-    total = _batch_size_of(x)
+    total = batch_size_of(x)
     for start in range(0, total, batch_size):
         stop = min(start + batch_size, total)
         yield tuple(None if part is None else _slice(part, start, stop) for part in (x, y, sample_weight))
@@ -190,7 +178,7 @@ def _array_batches(data, batch_size):
 
 def _batches(data, batch_size):
     """Yields `(x, y, sample_weight)` of NumPy arrays, in the data's order."""
-    if _is_in_memory(data):
+    if is_in_memory(data):
         if batch_size is None:
             batch_size = 32
         if isinstance(batch_size, bool) or not isinstance(batch_size, int) or batch_size < 1:
@@ -372,7 +360,7 @@ class TeacherCache:
         progbar = keras.utils.Progbar(None, unit_name="example") if verbose else None
         position = 0
         for x, y, sample_weight in itertools.chain([first], batches):
-            n = _batch_size_of(x)
+            n = batch_size_of(x)
             if (y is not None, sample_weight is not None) != (metadata["has_labels"], metadata["has_sample_weight"]):
                 raise ValueError(
                     f"The batch at example {position} has {'labels' if y is not None else 'no labels'} and "
@@ -589,7 +577,7 @@ class TeacherCache:
         outputs would not belong to them. Augmented inputs need online distillation: pass the
         teacher model to the Distiller instead of a cache.
         """
-        if _is_in_memory(data):
+        if is_in_memory(data):
             if batch_size is None:
                 batch_size = 32
             return _AttachedArrays(self, data, batch_size, shuffle)
@@ -603,7 +591,7 @@ class TeacherCache:
     def _attach_batches(self, data, batch_size):
         position = 0
         for x, y, sample_weight in _batches(data, batch_size):
-            n = _batch_size_of(x)
+            n = batch_size_of(x)
             indices = np.arange(position, position + n)
             if position + n > len(self):
                 raise ValueError(
@@ -855,7 +843,7 @@ class CacheDataset(keras.utils.PyDataset):
 class _AttachedArrays(CacheDataset):
     def __init__(self, cache, data, batch_size, shuffle):
         x, y, sample_weight = _unpack(data)
-        n = _batch_size_of(x)
+        n = batch_size_of(x)
         if n != len(cache):
             raise ValueError(
                 f"The inputs differ from those the cache in {cache.directory} was built on: they hold {n} examples, "

@@ -19,6 +19,7 @@ import keras
 import numpy as np
 
 from keras_kd import checks
+from keras_kd.batches import is_in_memory
 from keras_kd.cache.fingerprints import teacher_fingerprint
 from keras_kd.cache.teacher_cache import TeacherCache
 from keras_kd.distiller import Distiller
@@ -123,7 +124,7 @@ def progressive(
     compile_kwargs = _check_compile(compile, count, _has_labels(data))
     stage_pairs = _check_pairs(distiller_kwargs.pop("pairs", ()), count)
     cache_root = _check_cache(cache)
-    in_memory = _is_in_memory(data)
+    in_memory = is_in_memory(data)
     if batch_size is not None and not in_memory and cache_root is None:
         raise ValueError(
             f"batch_size={batch_size!r} is for in-memory arrays; data is a {type(data).__name__}, which is already "
@@ -250,7 +251,7 @@ def _check_epochs(value, count):
 
 def _has_labels(data):
     """Whether `data` carries labels, as far as can be told without reading it (else True)."""
-    if _is_in_memory(data):
+    if is_in_memory(data):
         return _unpack(data)[1] is not None
     if isinstance(data, keras.utils.PyDataset) and len(data):
         batch = data[0]
@@ -339,15 +340,6 @@ def _stage_directory(cache_root, stage):
         shutil.rmtree(root, ignore_errors=True)
 
 
-def _is_in_memory(data):
-    """Arrays, dicts/lists of arrays, or a tuple `(x, y[, sample_weight])` of them (not a dataset)."""
-    if isinstance(data, (dict, list, tuple)):
-        leaves = [leaf for leaf in keras.tree.flatten(data) if leaf is not None]
-    else:
-        leaves = [data]
-    return bool(leaves) and all(hasattr(leaf, "shape") and hasattr(leaf, "dtype") for leaf in leaves)
-
-
 def _unpack(data):
     if isinstance(data, tuple):
         if not 1 <= len(data) <= 3:
@@ -381,7 +373,7 @@ def _cached_fit_args(teacher, data, validation_data, pairs, directory, batch_siz
     seed = int(np.random.randint(2**31 - 1))
     fit_args = {"x": cache.dataset(batch, shuffle=shuffle, seed=seed), "shuffle": False}
     if validation_data is not None:
-        val_in_memory = _is_in_memory(validation_data)
+        val_in_memory = is_in_memory(validation_data)
         val_cache = TeacherCache.build(
             teacher,
             validation_data,

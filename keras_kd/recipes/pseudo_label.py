@@ -13,7 +13,7 @@ import keras
 import numpy as np
 
 from keras_kd import checks
-from keras_kd.batches import dataset_batches
+from keras_kd.batches import batch_size_of, dataset_batches, is_in_memory
 
 
 class PseudoLabels(tuple):
@@ -117,8 +117,8 @@ def pseudo_label(teacher, unlabeled, threshold=None, soft=True, temperature=1.0,
             "temperature does not change. Pass soft=True, or leave temperature at 1.0."
         )
 
-    in_memory = _is_in_memory(unlabeled)
-    total = _count(unlabeled) if in_memory else None
+    in_memory = is_in_memory(unlabeled)
+    total = batch_size_of(unlabeled) if in_memory else None
     progbar = keras.utils.Progbar(total, unit_name="example") if verbose else None
     labels, confidences, kept_x, indices = [], [], [], []
     position = 0
@@ -164,24 +164,12 @@ def _check_threshold(threshold):
     return float(threshold)
 
 
-def _is_in_memory(data):
-    """Arrays, or dicts/lists/tuples of arrays (not a dataset)."""
-    if isinstance(data, (dict, list, tuple)):
-        leaves = keras.tree.flatten(data)
-        return bool(leaves) and all(hasattr(leaf, "shape") and hasattr(leaf, "dtype") for leaf in leaves)
-    return hasattr(data, "shape") and hasattr(data, "dtype")
-
-
 def _labels_error(what):
     return ValueError(
         f"unlabeled must hold inputs only, but {what}. pseudo_label makes the labels: drop the given ones first "
         "(arrays: pass x alone; a tf.data.Dataset: dataset.map(lambda x, y: x)). Several inputs go in a list or "
         "a dict, not a tuple."
     )
-
-
-def _count(data):
-    return int(np.shape(keras.tree.flatten(data)[0])[0])
 
 
 def _input_batches(unlabeled, batch_size, in_memory):
@@ -192,7 +180,7 @@ def _input_batches(unlabeled, batch_size, in_memory):
         batch_size = 32 if batch_size is None else batch_size
         if not isinstance(batch_size, numbers.Integral) or isinstance(batch_size, bool) or batch_size < 1:
             raise ValueError(f"batch_size must be an int >= 1, got {batch_size!r}.")
-        total = _count(unlabeled)
+        total = batch_size_of(unlabeled)
         for start in range(0, total, batch_size):
             yield keras.tree.map_structure(lambda a, start=start: np.asarray(a[start : start + batch_size]), unlabeled)
         return
