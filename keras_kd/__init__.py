@@ -20,6 +20,7 @@ _PUBLIC = {
     "callbacks": "keras_kd.callbacks",
     "losses": "keras_kd.losses",
     "recipes": "keras_kd.recipes",
+    "hub": "keras_kd.hub",
 }
 
 __all__ = [*_PUBLIC, "__version__"]

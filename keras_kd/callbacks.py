@@ -32,7 +32,8 @@ class _DistillerScheduler(keras.callbacks.Callback):
         if not isinstance(self.model, Distiller):
             raise TypeError(
                 f"{type(self).__name__} schedules a keras_kd.Distiller's {self.attribute}; it "
-                f"was given to the fit() of {type(self.model).__name__} {self.model.name!r}."
+                f"was given to the fit() of {type(self.model).__name__} {self.model.name!r}. Pass it to the fit() of "
+                "the keras_kd.Distiller that trains the student."
             )
         return self.model
 

@@ -3,6 +3,7 @@
 import math
 
 import keras
+import numpy as np
 
 
 def check_model(role, model):
@@ -25,7 +26,10 @@ def check_teacher_built(teacher):
 
 def check_temperature(value):
     if isinstance(value, bool) or not isinstance(value, (int, float)):
-        raise TypeError(f"temperature must be a number, got {value!r} ({type(value).__name__}).")
+        raise TypeError(
+            f"temperature must be a number, got {value!r} ({type(value).__name__}). Pass a Python float, e.g. "
+            "temperature=4.0."
+        )
     if not math.isfinite(value) or value <= 0:
         raise ValueError(
             f"temperature must be a finite number > 0, got {value}. T = 1 is the plain "
@@ -36,7 +40,10 @@ def check_temperature(value):
 
 def check_alpha(value):
     if isinstance(value, bool) or not isinstance(value, (int, float)):
-        raise TypeError(f"alpha must be a number, got {value!r} ({type(value).__name__}).")
+        raise TypeError(
+            f"alpha must be a number, got {value!r} ({type(value).__name__}). Pass a Python float in [0, 1], e.g. "
+            "alpha=0.1."
+        )
     if not 0.0 <= value <= 1.0:
         raise ValueError(
             f"alpha must lie in [0, 1], got {value}. alpha weights the hard-label loss and "
@@ -181,11 +188,17 @@ def check_teacher_weights(weights, count, single_model=False):
             "multi-teacher distillation, or drop teacher_weights."
         )
     if isinstance(weights, (str, bytes)) or not hasattr(weights, "__len__"):
-        raise TypeError(f"teacher_weights must be a list of numbers, one per teacher; got {weights!r}.")
+        raise TypeError(
+            f"teacher_weights must be a list of numbers, one per teacher; got {weights!r}. Pass e.g. "
+            "teacher_weights=[2, 1] for two teachers (or None for equal weights)."
+        )
     values = []
     for index, value in enumerate(weights):
         if isinstance(value, bool) or not isinstance(value, (int, float)) and not hasattr(value, "__float__"):
-            raise TypeError(f"teacher_weights[{index}] must be a number, got {value!r} ({type(value).__name__}).")
+            raise TypeError(
+                f"teacher_weights[{index}] must be a number, got {value!r} ({type(value).__name__}). Give one "
+                "float >= 0 per teacher."
+            )
         values.append(float(value))
     if len(values) != count:
         raise ValueError(
@@ -205,3 +218,52 @@ def check_teacher_weights(weights, count, single_model=False):
             "normalized to sum to 1)."
         )
     return [value / total for value in values]
+
+
+# Non-finite values, checked once on the first batch of training (see `Distiller.inspect_first_batch`).
+
+
+def count_non_finite(value):
+    """How many entries of a floating tensor or array are NaN or +-Inf (0 for integer, bool or string data)."""
+    try:
+        floating = keras.backend.is_float_dtype(value.dtype)
+    except (AttributeError, TypeError, ValueError):
+        return 0
+    if not floating:
+        return 0
+    if isinstance(value, np.ndarray):
+        return int(value.size - np.count_nonzero(np.isfinite(value)))
+    # Reduced where the tensor lives: a batch sharded over several JAX processes is not fetchable whole.
+    finite = keras.ops.isfinite(keras.ops.cast(value, "float32"))
+    return int(keras.ops.convert_to_numpy(keras.ops.sum(1 - keras.ops.cast(finite, "int32"))))
+
+
+def check_finite_teacher_outputs(source, outputs, inputs, where, fix=None):
+    """Raises when `outputs` (a tensor or a structure of them) hold NaN or Inf, saying whether `inputs` did too.
+
+    `source` names what produced the outputs ("The teacher 'big'", "teacher[1] 'b'"), `where` the batch
+    ("the first batch of fit()"); `fix`, when given, replaces the advice drawn from the inputs.
+    """
+    leaves = keras.tree.flatten(outputs)
+    bad = sum(count_non_finite(leaf) for leaf in leaves)
+    if not bad:
+        return
+    shapes = ", ".join(str(tuple(leaf.shape)) for leaf in leaves)
+    bad_inputs = sum(count_non_finite(leaf) for leaf in keras.tree.flatten(inputs)) if inputs is not None else 0
+    if fix is not None:
+        cause = fix
+    elif bad_inputs:
+        cause = (
+            f"The batch's inputs already hold {bad_inputs} non-finite values: clean the data (drop those examples, "
+            "or impute them, e.g. with np.nan_to_num) before distilling."
+        )
+    else:
+        cause = (
+            "Its inputs are finite, so the teacher itself produces them: check its weights for NaN (load the "
+            "trained model again) and, if it computes in float16, run it in float32 or mixed_bfloat16 (float16 "
+            "overflows above 65504)."
+        )
+    raise ValueError(
+        f"{source} gave {bad} non-finite values (NaN or Inf) among its outputs of shape {shapes} on {where}: every "
+        f"soft target, and so the loss, would be NaN. {cause}"
+    )

@@ -5,11 +5,13 @@ everything here is backend-agnostic.
 """
 
 import functools
+import warnings
 
 import keras
 from keras import ops
 
 from keras_kd import checks, text_pipeline
+from keras_kd.batches import is_in_memory
 from keras_kd.cache.teacher_cache import TeacherCache
 from keras_kd.losses._reduction import weighted_mean
 from keras_kd.losses.logits import mixture_logits
@@ -26,6 +28,7 @@ from keras_kd.soft_loss import serialize as serialize_soft_loss
 from keras_kd.soft_loss import warmup_epochs as soft_loss_warmup_epochs
 from keras_kd.soft_loss import warmup_weight as soft_loss_warmup_weight
 from keras_kd.taps import capture
+from keras_kd.term_means import TermMeans
 from keras_kd.trainers import DistillationSteps
 
 
@@ -41,7 +44,14 @@ class Distiller(DistillationSteps, keras.Model):
     is the loss given to `compile()` (default: sparse categorical cross-entropy
     from logits for integer labels, categorical for one-hot labels). A batch
     without labels (`fit(x)` or a dataset yielding only inputs) trains on the
-    soft term alone, `T**2 * KL(...)`, with weight 1. `sample_weight` (and
+    soft term alone, `T**2 * KL(...)`, with weight 1; when the first batch of a
+    `fit()` has no labels and `alpha > 0` or a compiled loss would so go unused,
+    a warning says so (`alpha=0` is the same objective, without the warning).
+    Compiled metrics (`compile(metrics=["accuracy"])`) need labels: label-free
+    batches do not update them and leave them out of their logs, while labelled
+    batches, such as validation data, update and report them as usual. The
+    teacher's outputs on the first batch of `fit()` must be finite
+    (`inspect_first_batch`). `sample_weight` (and
     `class_weight`) weights both terms; the soft term is averaged over
     examples and, for `(batch, ..., classes)` outputs, over positions.
     Regularization losses of the student are added.
@@ -160,7 +170,11 @@ class Distiller(DistillationSteps, keras.Model):
         teacher_weights=None,
         **kwargs,
     ):
+        _check_model_kwargs(kwargs)
         super().__init__(name=name, **kwargs)
+        # The first batch of every fit() (and of the first train_on_batch) is inspected once: see inspect_first_batch.
+        self._first_batch_pending = False  # or the entry point ("fit", "train_on_batch") whose first batch is due
+        self._first_batch_inspected = False
         self._teacher_cache = teacher if isinstance(teacher, TeacherCache) else None
         if self._teacher_cache is not None:
             checks.check_model("student", student)
@@ -198,8 +212,6 @@ class Distiller(DistillationSteps, keras.Model):
         self.student = student
         self._temperature = self._scalar_variable("temperature", temperature)
         self._alpha = self._scalar_variable("alpha", alpha)
-        self.hard_loss_tracker = keras.metrics.Mean(name="hard_loss")
-        self.soft_loss_tracker = keras.metrics.Mean(name="soft_loss")
         self._bind_pairs(pairs)
         self.soft_loss = soft_loss
         self._soft_term = resolve_soft_loss(soft_loss, temperature)
@@ -223,15 +235,25 @@ class Distiller(DistillationSteps, keras.Model):
 
     def _bind_pairs(self, pairs):
         if not isinstance(pairs, (list, tuple)):
-            raise TypeError(f"pairs must be a list of keras_kd.LayerPair objects, got {type(pairs).__name__}.")
+            raise TypeError(
+                f"pairs must be a list of keras_kd.LayerPair objects, got {type(pairs).__name__}. Wrap a single "
+                "pair in a list: pairs=[pair]."
+            )
         teacher = self.teachers[0] if self.teachers else None
         self._bound_pairs = BoundPairs(list(pairs), teacher, self.student, teacher_cache=self._teacher_cache)
         self.pairs = self._bound_pairs.pairs
-        self.pair_loss_trackers = [keras.metrics.Mean(name=name) for name in self._bound_pairs.log_names]
+        # The logged loss and its parts in one metric, updated once per batch (Keras's own "loss" Mean is not used).
+        self.term_means = TermMeans(["loss", "hard_loss", "soft_loss", *self._bound_pairs.log_names], name="loss")
         self._hint_warmup = None
         self._warmup_variable_ids = None
         if self._bound_pairs.hints():
             self._hint_warmup = self._scalar_variable("hint_warmup", 0.0)
+
+    @property
+    def metrics(self):
+        """`term_means` (the logged `loss`, `hard_loss`, `soft_loss` and pair terms) first, then Keras's metrics."""
+        others = [m for m in super().metrics if m is not self.term_means and m is not self._loss_tracker]
+        return [self.term_means, *others]
 
     @property
     def pair_log_names(self):
@@ -308,14 +330,23 @@ class Distiller(DistillationSteps, keras.Model):
         self._soft_loss_warmup.assign(float(value))
 
     def call(self, inputs, training=None):
+        """The student's output: `distiller(x)` and `distiller.predict(x)` run the student alone."""
         return self.student(student_view(inputs), training=training)
 
     def compile(self, optimizer="rmsprop", loss=None, metrics=None, **kwargs):
         """`keras.Model.compile`, returning the distiller so that `.fit` chains.
 
         `loss` is the hard-label loss; leave it `None` for cross-entropy from
-        logits (sparse or one-hot, read off the labels' shape).
+        logits (sparse or one-hot, read off the labels' shape). `loss_weights`
+        scales a given `loss` only; the hard-label term's weight is `alpha`.
         """
+        if loss is None and kwargs.get("loss_weights") is not None:
+            raise ValueError(
+                f"compile(loss_weights={kwargs['loss_weights']!r}) scales the compiled loss, but no loss was given: "
+                "the default hard-label loss (cross-entropy from logits) would ignore it. Weigh the hard-label term "
+                "with the distiller's alpha (Distiller(..., alpha=a): alpha * hard + (1 - alpha) * soft), or pass "
+                "loss=... together with loss_weights."
+            )
         super().compile(optimizer=optimizer, loss=loss, metrics=metrics, **kwargs)
         return self
 
@@ -337,6 +368,8 @@ class Distiller(DistillationSteps, keras.Model):
 
         See `keras_kd.text_pipeline` for which preprocessor feeds which model.
         """
+        if kwargs.get("class_weight") is not None:
+            _check_class_weight(self.student, x, y)
         if self._soft_loss_warmup is not None:
             schedule = functools.partial(soft_loss_warmup_weight, self.soft_loss)
             kwargs["callbacks"] = _with_soft_loss_warmup(kwargs.get("callbacks"), schedule)
@@ -357,17 +390,21 @@ class Distiller(DistillationSteps, keras.Model):
                 vx, vy, vsw = keras.utils.unpack_x_y_sample_weight(tuple(validation_data))
                 validation_data = pipeline.dataset(vx, vy, vsw, validation_batch_size or batch_size)
             validation_batch_size = None
-        return super().fit(
-            x=x,
-            y=y,
-            batch_size=batch_size,
-            sample_weight=sample_weight,
-            validation_data=validation_data,
-            validation_split=validation_split,
-            validation_batch_size=validation_batch_size,
-            shuffle=shuffle,
-            **kwargs,
-        )
+        self._first_batch_pending = "fit"
+        try:
+            return super().fit(
+                x=x,
+                y=y,
+                batch_size=batch_size,
+                sample_weight=sample_weight,
+                validation_data=validation_data,
+                validation_split=validation_split,
+                validation_batch_size=validation_batch_size,
+                shuffle=shuffle,
+                **kwargs,
+            )
+        finally:
+            self._first_batch_pending = False
 
     def evaluate(self, x=None, y=None, batch_size=None, sample_weight=None, **kwargs):
         """`keras.Model.evaluate`; raw strings are tokenized as in `fit`."""
@@ -387,7 +424,11 @@ class Distiller(DistillationSteps, keras.Model):
         """`keras.Model.train_on_batch`; raw strings are tokenized as in `fit`."""
         if text_pipeline.holds_strings(x):
             x, y, sample_weight = self._text_pipeline.preprocess_batch(x, y, sample_weight)
-        return super().train_on_batch(x, y=y, sample_weight=sample_weight, **kwargs)
+        self._first_batch_pending = False if self._first_batch_inspected else "train_on_batch"
+        try:
+            return super().train_on_batch(x, y=y, sample_weight=sample_weight, **kwargs)
+        finally:
+            self._first_batch_pending = False
 
     def test_on_batch(self, x, y=None, sample_weight=None, **kwargs):
         """`keras.Model.test_on_batch`; raw strings are tokenized as in `fit`."""
@@ -407,6 +448,103 @@ class Distiller(DistillationSteps, keras.Model):
         self.compile(**config)
         if self.optimizer is not None and self.built:
             self.optimizer.build(self.trainable_variables)
+
+    # Batches without labels: the compiled loss and metrics compare predictions with labels.
+
+    def compute_loss(self, x=None, y=None, y_pred=None, sample_weight=None, training=True):
+        """Keras's compiled loss; 0 for a batch without labels.
+
+        The distiller's steps compute their loss in `compute_distillation_loss`; Keras calls this
+        only to build the compiled loss on the first batch, which needs labels. A label-free first
+        batch leaves it unbuilt until a labelled batch (validation data, a later `fit`) builds it.
+        """
+        if y is None:
+            return ops.zeros((), dtype="float32")
+        return super().compute_loss(x=x, y=y, y_pred=y_pred, sample_weight=sample_weight, training=training)
+
+    def compute_metrics(self, x, y, y_pred, sample_weight=None):
+        """Updates the compiled metrics on a labelled batch; a batch without labels leaves them as they are."""
+        if y is None:
+            return self.get_metrics_result()
+        return super().compute_metrics(x, y, y_pred, sample_weight)
+
+    def get_metrics_result(self):
+        """The metrics' values, without the compiled metrics while no labelled batch has built them."""
+        compiled = self._compile_metrics
+        if compiled is None or compiled.built:
+            return super().get_metrics_result()
+        results = {}
+        for metric in self.metrics:
+            if metric is compiled:
+                continue
+            result = metric.result()
+            results.update(result if isinstance(result, dict) else {metric.name: result})
+        return results
+
+    # The first batch of training: checked once, eagerly, before the compiled steps run.
+
+    def _symbolic_build(self, iterator=None, data_batch=None):
+        # Keras builds the model (JAX, PyTorch; TensorFlow under a strategy) from the first batch of
+        # fit(), evaluate() and the *_on_batch methods: the one place that sees that batch eagerly.
+        if self._first_batch_pending:
+            if data_batch is None and iterator is not None:
+                data_batch = _first_batch(iterator)
+                iterator = None
+            self.inspect_first_batch(data_batch)
+        return super()._symbolic_build(iterator=iterator, data_batch=data_batch)
+
+    def inspect_first_batch(self, data_batch):
+        """Checks the first batch of `fit()` (and of the first `train_on_batch`) once, outside the compiled step.
+
+        - The teacher's outputs on it must be finite (NaN or Inf would make every loss NaN): each
+          teacher runs once more, eagerly, on this one batch (a cached batch's stored outputs are
+          read instead); later batches cost nothing extra.
+        - A batch without labels trains on the soft term alone, with weight 1: when that drops part of
+          what was configured (`alpha > 0`, a compiled `loss`), a warning says so, once per `fit()`.
+          A `DKD(warmup_epochs=N)` soft loss in a `train_on_batch` loop warns that only `fit()` ramps it.
+
+        Does nothing unless a `fit()` or a first `train_on_batch` is starting.
+        """
+        entry = self._first_batch_pending
+        if not entry or data_batch is None:
+            return
+        self._first_batch_pending = False
+        self._first_batch_inspected = True
+        x, y, _ = keras.utils.unpack_x_y_sample_weight(data_batch)
+        if y is None and not self._soft_needs_labels:
+            _warn_label_free(self.alpha, self._compile_loss is not None)
+        if self._soft_loss_warmup is not None and entry == "train_on_batch":
+            warnings.warn(
+                f"soft_loss {describe_soft_loss(self.soft_loss)} has warmup_epochs="
+                f"{soft_loss_warmup_epochs(self.soft_loss)}, which fit() applies epoch by epoch; train_on_batch "
+                f"leaves the warm-up weight at {self.soft_loss_warmup}. In a loop of your own, set "
+                "distiller.soft_loss_warmup = min((epoch + 1) / warmup_epochs, 1) at the start of every epoch.",
+                UserWarning,
+                stacklevel=2,
+            )
+        self._check_teacher_outputs_finite(x)
+
+    def _check_teacher_outputs_finite(self, x):
+        where = "the first batch of training"
+        if self._teacher_cache is not None:
+            if is_cached(x):
+                logits, features = cached_teacher_outputs(x)
+                checks.check_finite_teacher_outputs(
+                    f"The teacher cache in {self._teacher_cache.directory}",
+                    (logits, features),
+                    None,
+                    where,
+                    fix="Rebuild it with TeacherCache.build(..., dtype='float32') from a teacher with finite outputs "
+                    "(float16 stores values beyond 65504 as Inf).",
+                )
+            return
+        if is_cached(x):
+            return  # refused with its own message by the step
+        inputs = teacher_view(x)
+        teachers = self.teachers
+        for index, teacher in enumerate(teachers):
+            label = f"teacher[{index}] {teacher.name!r}" if len(teachers) > 1 else f"The teacher {teacher.name!r}"
+            checks.check_finite_teacher_outputs(label, teacher(inputs, training=False), inputs, where)
 
     # The forward passes and the objective, shared by every backend's step.
 
@@ -573,19 +711,13 @@ class Distiller(DistillationSteps, keras.Model):
     def update_distillation_metrics(self, loss, terms, x, y, student_logits, sample_weight):
         """Updates the loss trackers and compiled metrics; returns the logs of this batch."""
         batch_size = ops.shape(keras.tree.flatten(x)[0])[0]
-        self._loss_tracker.update_state(loss, sample_weight=batch_size)
-        self.soft_loss_tracker.update_state(terms["soft_loss"], sample_weight=batch_size)
-        self._update_pair_trackers(terms, batch_size)
+        self.term_means.update_state({"loss": loss, **terms}, batch_size)
         if y is None:
             # Without labels only the label-free numbers mean anything.
-            trackers = [self._loss_tracker, self.soft_loss_tracker, *self.pair_loss_trackers]
-            return {m.name: m.result() for m in trackers}
-        self.hard_loss_tracker.update_state(terms["hard_loss"], sample_weight=batch_size)
+            logs = self.term_means.result()
+            del logs["hard_loss"]
+            return logs
         return self.compute_metrics(x, y, student_logits, sample_weight)
-
-    def _update_pair_trackers(self, terms, batch_size):
-        for tracker in self.pair_loss_trackers:
-            tracker.update_state(terms[tracker.name], sample_weight=batch_size)
 
     # Serialization.
 
@@ -620,6 +752,71 @@ class Distiller(DistillationSteps, keras.Model):
 
 def _is_teacher_list(teacher):
     return isinstance(teacher, (list, tuple))
+
+
+# keras.Model keyword arguments that a Distiller would accept but not apply, and what to do instead.
+_MODEL_KWARGS_NOT_APPLIED = {
+    "dtype": "the teacher and the student keep their own dtype policies: build the student under "
+    "keras.config.set_dtype_policy('mixed_bfloat16') (or with dtype=...) for mixed precision",
+    "trainable": "a non-trainable distiller would train nothing: freeze layers of the student "
+    "(student.get_layer(...).trainable = False) instead; the teacher is always frozen",
+    "activity_regularizer": "the distiller's loss adds the student's own losses only: give the student's "
+    "layers activity_regularizer=... instead",
+    "autocast": "autocasting follows the student's layers and their dtype policies: set autocast on them",
+}
+
+
+def _check_model_kwargs(kwargs):
+    for key, fix in _MODEL_KWARGS_NOT_APPLIED.items():
+        if key in kwargs:
+            raise TypeError(f"Distiller({key}={kwargs[key]!r}) is not applied to the distillation: {fix}.")
+
+
+def _first_batch(iterator):
+    """The first batch of a Keras epoch iterator, as Keras's `_symbolic_build` reads it (fit resets the iterator)."""
+    for _, _, data_or_iterator in iterator:
+        if isinstance(data_or_iterator, (list, tuple)):
+            return data_or_iterator[0]
+        return next(data_or_iterator)
+    return None
+
+
+def _warn_label_free(alpha, has_compiled_loss):
+    unused = []
+    if alpha > 0:
+        unused.append(f"alpha={alpha:g} (the soft term gets weight 1, not 1 - alpha)")
+    if has_compiled_loss:
+        unused.append("the loss given to compile()")
+    if not unused:
+        return
+    warnings.warn(
+        f"The first batch of this fit() has no labels, so {' and '.join(unused)} will not be used: label-free "
+        "batches train on the soft term alone. For label-free distillation pass alpha=0 and no compile loss (the "
+        "same objective, without this warning); otherwise give the data labels, (x, y).",
+        UserWarning,
+        stacklevel=2,
+    )
+
+
+def _check_class_weight(student, x, y):
+    """`fit(class_weight=...)` needs labels, one class id per example: refuse the cases Keras would mishandle."""
+    outputs = getattr(student, "outputs", None)
+    if outputs and len(outputs[0].shape) > 2:
+        raise ValueError(
+            f"class_weight weighs each example by its label's class, but the student {student.name!r} outputs "
+            f"{tuple(outputs[0].shape)}: one prediction per position, whose labels Keras would read as one-hot "
+            "rows. Pass per-position weights as sample_weight instead, e.g. "
+            "sample_weight=np.vectorize(class_weight.get)(y) of shape (batch, positions)."
+        )
+    if y is not None:
+        return
+    spec = getattr(x, "element_spec", None)  # a tf.data.Dataset tells what it yields
+    if is_in_memory(x) or (spec is not None and not (isinstance(spec, tuple) and len(spec) >= 2)):
+        raise ValueError(
+            "fit(class_weight=...) weighs each example by its label's class, but the data has no labels (only "
+            "inputs): label-free batches have no class to weigh. Pass labels, fit(x, y) or a dataset yielding "
+            "(x, y), or drop class_weight."
+        )
 
 
 def _with_soft_loss_warmup(callbacks, schedule):

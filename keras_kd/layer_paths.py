@@ -61,9 +61,27 @@ def resolve(model, path, role):
         child = _child(current, segment)
         if child is None:
             raise ValueError(_unknown_path_message(model, path, role, current, reached))
+        calls = _calls_in_graph(current, child)
+        if calls > 1:
+            raise ValueError(
+                f"The {role} layer path {path!r} is ambiguous: {'/'.join([*reached, segment])!r} is a shared layer, "
+                f"called {calls} times in {current.name!r}, so it has {calls} outputs per forward pass and a pair "
+                "would silently read the first. Pair a layer that runs once (e.g. the layer right after the call "
+                "you mean), or give each use of the shared layer its own layer."
+            )
         current = child
         reached.append(segment)
     return current
+
+
+def _calls_in_graph(container, layer):
+    """How many times `layer` is called in the graph of `container` (Functional or Sequential); 0 without one."""
+    graph = getattr(container, "_functional", None) or container
+    nodes = getattr(graph, "_nodes", None)
+    if not isinstance(nodes, set):
+        return 0
+    # Keras names the node of the i-th call of an operation f"{id(op)}_ib-{i}" (keras.src.ops.function.make_node_key).
+    return sum(f"{id(layer)}_ib-{index}" in nodes for index in range(len(getattr(layer, "_inbound_nodes", []))))
 
 
 def _unknown_path_message(model, path, role, container, reached):

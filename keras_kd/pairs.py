@@ -28,6 +28,9 @@ from keras_kd.losses import (
 from keras_kd.losses._reduction import weighted_mean
 from keras_kd.regressors import make_regressor
 
+# keras.layers.Layer arguments a pair accepts through **kwargs but could not apply (it is never called).
+_LAYER_KWARGS_NOT_APPLIED = ("dtype", "trainable", "autocast", "activity_regularizer")
+
 
 def _check_weight(name, value, owner):
     if isinstance(value, bool) or not isinstance(value, (int, float)) or not math.isfinite(value) or value < 0:
@@ -70,8 +73,21 @@ class LayerPair(keras.layers.Layer):
     kind = "pair"
 
     def __init__(self, teacher_layer, student_layer, loss=None, weight=1.0, name=None, **kwargs):
-        super().__init__(name=name, **kwargs)
         owner = type(self).__name__
+        for key in _LAYER_KWARGS_NOT_APPLIED:
+            if key in kwargs:
+                raise TypeError(
+                    f"{owner}({key}={kwargs[key]!r}): a pair is never called on data, so keras.layers.Layer's {key} "
+                    "would not be applied. A Hint's regressor trains with the student and follows the dtype "
+                    "policy; pass regressor=<your layer> (built with the dtype, trainable flag or regularizers you "
+                    "want) instead."
+                )
+        if loss is not None and type(self) is not LayerPair and type(self).__module__ == __name__:
+            raise TypeError(
+                f"{owner}(loss={loss!r}): the {owner} term computes its own loss, so this one would not be used. For "
+                "a loss of your own, use keras_kd.LayerPair(teacher_layer, student_layer, loss=...)."
+            )
+        super().__init__(name=name, **kwargs)
         self.layer_pairs = [
             (_check_path(teacher_layer, "teacher", owner), _check_path(student_layer, "student", owner))
         ]
@@ -95,6 +111,7 @@ class LayerPair(keras.layers.Layer):
         return type(self) is LayerPair and isinstance(self._loss_fn, keras.losses.Loss)
 
     def describe(self, index=0):
+        """A short label of the `index`-th layer pair, for error messages: `Hint(teacher 'a', student 'b')`."""
         teacher_path, student_path = self.layer_pairs[index]
         return f"{type(self).__name__}(teacher {teacher_path!r}, student {student_path!r})"
 
@@ -321,12 +338,20 @@ class Relational(LayerPair):
     kind = "relational"
 
     def __init__(self, teacher_layer, student_layer, distance_weight=25.0, angle_weight=50.0, name=None, **kwargs):
-        kwargs.pop("weight", None)
+        weight = kwargs.pop("weight", 1.0)  # 1.0 in the configs of earlier versions
+        if weight != 1.0:
+            raise TypeError(
+                f"Relational(weight={weight!r}): the relational term has two weights and no overall one, so it would "
+                "not be applied. Scale distance_weight and angle_weight instead."
+            )
         super().__init__(teacher_layer, student_layer, weight=1.0, name=name, **kwargs)
         self.distance_weight = _check_weight("distance_weight", distance_weight, "Relational")
         self.angle_weight = _check_weight("angle_weight", angle_weight, "Relational")
         if self.distance_weight == 0 and self.angle_weight == 0:
-            raise ValueError("Relational: distance_weight and angle_weight are both 0, so the term would be 0.")
+            raise ValueError(
+                "Relational: distance_weight and angle_weight are both 0, so the term would be 0. Give one of them a "
+                "weight > 0 (Park et al. use distance_weight=25, angle_weight=50), or drop the pair."
+            )
 
     def compute(self, teacher_features, student_features, sample_weight=None):
         (teacher,), (student,) = teacher_features, student_features
@@ -365,6 +390,15 @@ class CosineEmbedding(LayerPair):
 
     kind = "cosine"
     position_weighted = True
+
+    def __init__(self, teacher_layer, student_layer, weight=1.0, name=None, **kwargs):
+        if kwargs.get("loss") is not None:
+            raise TypeError(
+                f"CosineEmbedding(loss={kwargs['loss']!r}): the term is DistilBERT's cosine loss, it takes no other "
+                "loss. For a loss of your own, use keras_kd.LayerPair(teacher_layer, student_layer, loss=...)."
+            )
+        kwargs.pop("loss", None)
+        super().__init__(teacher_layer, student_layer, weight=weight, name=name, **kwargs)
 
     def bind(self, teacher_shapes, student_shapes):
         (teacher_shape,), (student_shape,) = teacher_shapes, student_shapes

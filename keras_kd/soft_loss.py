@@ -66,6 +66,13 @@ def resolve(spec, temperature):
                 "disagree. The distiller's temperature (the one schedulers change) is the one used: set it on "
                 "the Distiller and leave the loss's at that value."
             )
+        dtype = getattr(spec, "dtype", None)
+        if isinstance(spec, keras.losses.Loss) and dtype != keras.config.floatx():
+            raise ValueError(
+                f"soft_loss {type(spec).__name__}(dtype={dtype!r}): the distiller computes the soft term in float32 "
+                "from log-softmax whatever the dtypes of the models, so the loss's dtype would not be applied. "
+                "Drop dtype= from the loss (the models' dtype policies set their compute dtype)."
+            )
         reduction = getattr(spec, "reduction", None)
         reduction = reduction if reduction in REDUCTIONS else "sum_over_batch_size"
         if needs_labels(spec):

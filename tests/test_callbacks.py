@@ -1,6 +1,5 @@
 import keras
 import numpy as np
-import pytest
 from conftest import dense_model, toy_data
 from test_losses_logits import reference
 
@@ -47,27 +46,3 @@ def test_alpha_change_reaches_the_compiled_step():
     expected = [a * hard + (1 - a) * soft for a in (0.5, 1.0)]
     np.testing.assert_allclose(history.history["loss"][:2], expected, rtol=1e-5)
     assert history.history["alpha"] == [0.5, 1.0, 1.0]
-
-
-def test_schedule_out_of_range_is_an_error_naming_epoch_and_value():
-    distiller, x, y = frozen_student_distiller(alpha=0.0)
-    with pytest.raises(ValueError, match=r"alpha schedule at epoch 2: alpha must lie in \[0, 1\], got 1.5"):
-        distiller.fit(x, y, epochs=3, verbose=0, callbacks=[AlphaScheduler(lambda e: 0.5 * (e + 1))])
-
-
-def test_schedule_returning_a_non_number_is_an_error():
-    distiller, x, y = frozen_student_distiller()
-    with pytest.raises(ValueError, match="temperature schedule returned None for epoch 0"):
-        distiller.fit(x, y, epochs=1, verbose=0, callbacks=[TemperatureScheduler(lambda e: None)])
-    with pytest.raises(ValueError, match="temperature must be a finite number > 0, got 0"):
-        distiller.fit(x, y, epochs=1, verbose=0, callbacks=[TemperatureScheduler(lambda e: 0)])
-
-
-def test_scheduler_needs_a_callable_and_a_distiller():
-    with pytest.raises(TypeError, match="TemperatureScheduler needs a function"):
-        TemperatureScheduler(4.0)
-    x, y = toy_data(n=32)
-    model = dense_model(8, 3, name="plain")
-    model.compile("sgd", keras.losses.SparseCategoricalCrossentropy(from_logits=True))
-    with pytest.raises(TypeError, match="schedules a keras_kd.Distiller's temperature.*'plain'"):
-        model.fit(x, y, epochs=1, verbose=0, callbacks=[TemperatureScheduler(lambda e: 2.0)])

@@ -274,13 +274,6 @@ def test_the_distillers_temperature_variable_is_the_one_used():
         keras_kd.Distiller(dense_model(8, 3), dense_model(8, 3), temperature=2.0, soft_loss=DKD())
 
 
-def test_a_batch_without_labels_names_dkd_and_the_fix():
-    x, _ = toy_data(n=32)
-    distiller = distiller_with_dkd().compile("sgd")
-    with pytest.raises(ValueError, match=r"soft_loss DKD\(alpha=1.0, beta=4.0\) needs the labels.*'kl'"):
-        distiller.fit(x, epochs=1, verbose=0)
-
-
 def test_warmup_ramps_the_soft_term_in_compiled_steps():
     """The paper's warm-up: epoch e (from 0) weighs DKD by min((e + 1) / N, 1), read from a variable."""
     x, y = toy_data(n=32)
@@ -329,11 +322,3 @@ def test_a_distiller_with_dkd_saves_loads_and_fits_again(tmp_path):
     assert evaluate(loaded, x, y)["soft_loss"] == pytest.approx(evaluate(distiller, x, y)["soft_loss"], rel=1e-5)
     history = loaded.fit(x, y, initial_epoch=2, epochs=3, batch_size=16, verbose=0).history
     assert history["soft_loss_warmup"] == pytest.approx([0.75]) and np.isfinite(history["loss"]).all()
-
-
-def test_a_cache_without_labels_is_refused_with_dkd(tmp_path):
-    x, _ = toy_data(n=32)
-    teacher = dense_model(8, 3, name="teacher")
-    cache = keras_kd.TeacherCache.build(teacher, x, str(tmp_path / "c"), verbose=0)
-    with pytest.raises(ValueError, match=r"needs the labels of every batch, but the teacher cache .* holds none"):
-        keras_kd.Distiller(cache, dense_model(8, 3), soft_loss=DKD())

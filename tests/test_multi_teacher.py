@@ -153,7 +153,8 @@ def test_each_teacher_runs_once_per_step_and_stays_frozen():
     calls = [count_calls(t) for t in models]
     student_before = [np.copy(w) for w in student.get_weights()]
     distiller.fit(x, y, epochs=1, batch_size=16, verbose=0)
-    assert [c["n"] for c in calls] == [4, 4, 4]
+    # 4 steps, plus one eager call on the first batch, which checks that each teacher's outputs are finite.
+    assert [c["n"] for c in calls] == [4 + 1] * 3
     assert all(not t.trainable for t in models)
     for t, weights in zip(models, before):
         for a, b in zip(t.get_weights(), weights):
@@ -221,32 +222,6 @@ def test_a_cache_of_several_teachers_reproduces_the_online_trajectory(tmp_path):
         keras_kd.Distiller(cache, dense_model(8, 3), teacher_weights=[1, 1])
 
 
-def test_multi_teacher_caches_refuse_top_k_pairs_and_mismatched_teachers(tmp_path):
-    x, y = toy_data(n=16)
-    with pytest.raises(ValueError, match="top_k=2 keeps one teacher's largest logits, but 2 teachers"):
-        TeacherCache.build(teachers(2), (x, y), str(tmp_path / "a"), top_k=2, verbose=0)
-    with pytest.raises(ValueError, match="pairs store one teacher's layer outputs, but 2 teachers"):
-        TeacherCache.build(teachers(2), (x, y), str(tmp_path / "b"), pairs=[keras_kd.Hint("dense", "dense")], verbose=0)
-    mismatched = [dense_model(8, 3, name="three"), dense_model(8, 5, name="five")]
-    with pytest.raises(ValueError, match=r"teacher\[0\] 'three' outputs \(None, 3\) but teacher\[1\] 'five'"):
-        TeacherCache.build(mismatched, (x, y), str(tmp_path / "c"), verbose=0)
-    with pytest.raises(ValueError, match="teacher is an empty list"):
-        TeacherCache.build([], (x, y), str(tmp_path / "d"), verbose=0)
-    single = TeacherCache.build(teachers(1), (x, y), str(tmp_path / "e"), verbose=0)
-    assert single.num_teachers == 1 and isinstance(single.teacher_fingerprint, str)
-    with pytest.raises(ValueError, match="teacher_weights=.* a single teacher was given"):
-        keras_kd.Distiller(single, dense_model(8, 3), teacher_weights=[1.0])
-
-
-# ----------------------------------------------------------------------------- bad input
-
-
-def test_teachers_with_different_output_shapes_are_named():
-    mismatched = [dense_model(8, 3, name="small"), dense_model(8, 3, name="same"), dense_model(8, 4, name="wide")]
-    with pytest.raises(ValueError, match=r"teacher\[0\] 'small' outputs \(None, 3\) but teacher\[2\] 'wide' outputs"):
-        keras_kd.Distiller(mismatched, dense_model(8, 3))
-
-
 class Unshaped(keras.Model):
     """A subclassed teacher: its output shape is only known once it runs."""
 
@@ -265,50 +240,3 @@ def test_output_shapes_of_subclassed_teachers_are_checked_on_the_first_batch():
     distiller = keras_kd.Distiller([dense_model(8, 3, name="plain"), wide], dense_model(8, 3)).compile("sgd")
     with pytest.raises(ValueError, match=r"teacher\[0\] 'plain' outputs \((None|16), 3\) but teacher\[1\] 'unshaped'"):
         distiller.fit(x, y, epochs=1, verbose=0)
-
-
-@pytest.mark.parametrize(
-    "weights, error, message",
-    [
-        ([1.0, 2.0], ValueError, r"teacher_weights has 2 values \[1.0, 2.0\] for 3 teachers"),
-        ([1.0, -1.0, 1.0], ValueError, r"teacher_weights\[1\] is -1.0; weights must be finite and >= 0"),
-        ([1.0, float("nan"), 1.0], ValueError, r"teacher_weights\[1\] is nan"),
-        ([0, 0, 0.0], ValueError, r"teacher_weights \[0.0, 0.0, 0.0\] sum to 0.0; at least one"),
-        ([1.0, "2", 1.0], TypeError, r"teacher_weights\[1\] must be a number, got '2'"),
-        (2.0, TypeError, "teacher_weights must be a list of numbers"),
-    ],
-)
-def test_bad_teacher_weights(weights, error, message):
-    with pytest.raises(error, match=message):
-        keras_kd.Distiller(teachers(3), dense_model(8, 3), teacher_weights=weights)
-
-
-def test_teacher_weights_with_a_single_teacher_model_are_refused():
-    with pytest.raises(ValueError, match=r"teacher_weights=\[1.0\] weighs several teachers.*teacher=\[teacher_1"):
-        keras_kd.Distiller(dense_model(8, 3), dense_model(8, 3), teacher_weights=[1.0])
-
-
-def test_an_empty_or_bad_teacher_list_is_refused():
-    with pytest.raises(ValueError, match="teacher is an empty list"):
-        keras_kd.Distiller([], dense_model(8, 3))
-    with pytest.raises(TypeError, match=r"teacher\[1\] must be a keras.Model, got Dense"):
-        keras_kd.Distiller([dense_model(8, 3), keras.layers.Dense(3)], dense_model(8, 3))
-    with pytest.raises(ValueError, match="teacher 'fresh' is not built"):
-        keras_kd.Distiller(
-            [dense_model(8, 3), keras.Sequential([keras.layers.Dense(3)], name="fresh")], dense_model(8, 3)
-        )
-
-
-def test_layer_pairs_with_several_teachers_are_refused():
-    with pytest.raises(ValueError, match=r"Layer pairs \(Hint\) compare one teacher's layers.*2 teachers"):
-        keras_kd.Distiller(teachers(2), dense_model(8, 3, hidden=4), pairs=[keras_kd.Hint("dense", "dense")])
-
-
-def test_raw_strings_need_one_preprocessor_for_all_teachers():
-    models = teachers(2)
-    models[0].preprocessor, models[1].preprocessor = (lambda x: x), (lambda x: x)
-    distiller = keras_kd.Distiller(models, dense_model(8, 3)).compile("sgd")
-    with pytest.raises(
-        ValueError, match="'teacher_0' and 'teacher_1' \\(teacher\\[1\\]\\) have different preprocessors"
-    ):
-        distiller.fit(np.array(["a b", "c d"]), np.array([0, 1]), epochs=1, verbose=0)

@@ -249,15 +249,6 @@ def test_hint_warmup_trains_only_up_to_the_hinted_layer_then_everything():
     assert changed(snapshots[1], downstream)
 
 
-def test_hint_warmup_needs_a_hint_pair():
-    x, y = images(16)
-    distiller = keras_kd.Distiller(cnn(8, "teacher"), cnn(4, "student")).compile()
-    with pytest.raises(ValueError, match="HintWarmup needs a keras_kd.Hint"):
-        distiller.fit(x, y, epochs=1, verbose=0, callbacks=[keras_kd.callbacks.HintWarmup(1)])
-    with pytest.raises(ValueError, match="integer >= 0"):
-        keras_kd.callbacks.HintWarmup(epochs=-1)
-
-
 def test_pairs_reach_transformer_layers_of_a_kerashub_backbone():
     keras_hub = pytest.importorskip("keras_hub")
 

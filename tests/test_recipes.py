@@ -323,19 +323,6 @@ def test_pseudo_labels_train_a_student_and_feed_the_distiller():
     assert set(history.history) == {"loss", "soft_loss"}
 
 
-def test_labelled_inputs_are_refused():
-    x, y = toy_data(n=40)
-    teacher = mlp(8, "teacher")
-    with pytest.raises(ValueError, match=r"unlabeled must hold inputs only, but it is a tuple of 2 arrays.*x alone"):
-        keras_kd.recipes.pseudo_label(teacher, (x, y))
-    dataset = tf.data.Dataset.from_tensor_slices((x, y)).batch(8)
-    with pytest.raises(ValueError, match=r"the dataset yields tuples of 2 elements.*dataset.map\(lambda x, y: x\)"):
-        keras_kd.recipes.pseudo_label(teacher, dataset)
-    batches = ((x[i : i + 8], y[i : i + 8]) for i in range(0, 40, 8))  # a generator of (x, y) batches
-    with pytest.raises(ValueError, match="its batches are tuples of 2 elements"):
-        keras_kd.recipes.pseudo_label(teacher, batches, verbose=0)
-
-
 @pytest.mark.parametrize("threshold", [0.0, -0.5, 1.5, float("nan")])
 def test_threshold_must_lie_in_the_unit_interval(threshold):
     with pytest.raises(ValueError, match=rf"threshold must lie in \(0, 1\], got {threshold}.*threshold=None"):

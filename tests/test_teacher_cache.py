@@ -279,17 +279,6 @@ def test_attach_verifies_the_inputs(tmp_path):
     assert len(list(cache.attach(batches(x, y)))) == 4
 
 
-def test_distiller_checks_the_cache(tmp_path):
-    teacher = mlp(16, "teacher")
-    x, y = data()
-    cache = build(teacher, tmp_path / "c", x, y)
-    with pytest.raises(ValueError, match=r"no output of the teacher layer 'hidden'(?s:.*)pairs="):
-        keras_kd.Distiller(cache, mlp(4, "student"), pairs=[keras_kd.Hint("hidden", "hidden")])
-    wide = keras.Sequential([keras.Input((FEATURES,)), keras.layers.Dense(CLASSES + 1)], name="wide")
-    with pytest.raises(ValueError, match=r"\(None, 3\)(?s:.*)\(None, 4\)"):
-        keras_kd.Distiller(cache, wide)
-
-
 def test_shuffle_visits_every_example_once_per_epoch(tmp_path):
     teacher = mlp(16, "teacher")
     x, _ = data()

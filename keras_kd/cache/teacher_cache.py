@@ -201,6 +201,26 @@ def _numpy_tree_parts(parts):
 # ----------------------------------------------------------------------------- the cache
 
 
+def _finite(value, dtype, what, first):
+    """`value` as stored (`dtype`), or a ValueError when it holds NaN/Inf or overflows float16."""
+    source = np.asarray(value)
+    stored = source.astype(dtype)
+    finite = np.isfinite(stored)
+    if finite.all():
+        return stored
+    bad = int(finite.size - np.count_nonzero(finite))
+    if np.isfinite(source).all():
+        raise ValueError(
+            f"{what} for the batch from example {first} on reach {float(np.abs(source).max()):.6g}, beyond the "
+            f"largest float16 (65504): {bad} values would be stored as Inf. Build the cache with dtype='float32'."
+        )
+    raise ValueError(
+        f"{what} for the batch from example {first} on hold {bad} non-finite values (NaN or Inf); stored, they "
+        "would make every soft target NaN. Check the teacher's weights and these examples' inputs (NaN in the "
+        "data?), then build again: the examples already stored are kept and the build resumes."
+    )
+
+
 def _check_dtype(dtype):
     name = getattr(dtype, "name", dtype)
     if name not in DTYPES:
@@ -234,12 +254,35 @@ class TeacherCache:
         directory: a directory written by `TeacherCache.build`.
         cache_shards: how many shards stay in memory once read (see `dataset` for how shuffling
             uses them). By default as many as fit in `memory_bytes`, and at least 4.
-        memory_bytes: the memory the default `cache_shards` may use (1 GiB). A cache that fits is
-            read from disk once and then served from memory, shuffled as a whole.
+        memory_bytes: the memory the default `cache_shards` may use (`None`: 1 GiB). A cache that fits
+            is read from disk once and then served from memory, shuffled as a whole. Only without
+            `cache_shards`, which it would not change.
+
+    Example:
+
+    >>> import tempfile, numpy as np, keras, keras_kd
+    >>> teacher = keras.Sequential([keras.Input((4,)), keras.layers.Dense(3)])
+    >>> x = np.random.rand(10, 4).astype("float32")
+    >>> directory = tempfile.mkdtemp()
+    >>> built = keras_kd.TeacherCache.build(teacher, x, directory, dtype="float32", verbose=0)
+    >>> cache = keras_kd.TeacherCache(directory)  # opened again, e.g. in another process or backend
+    >>> len(cache), cache.logits_shape, cache.dtype, cache.has_labels
+    (10, (3,), 'float32', False)
+    >>> batch = cache.batch([0, 1])  # no labels stored: the batch is the input dict alone
+    >>> sorted(batch), batch["teacher_logits"].shape
+    (['student_inputs', 'teacher_logits'], (2, 3))
+    >>> bool(np.allclose(batch["teacher_logits"], keras.ops.convert_to_numpy(teacher(x[:2])), atol=1e-6))
+    True
     """
 
-    def __init__(self, directory, cache_shards=None, memory_bytes=1 << 30):
+    def __init__(self, directory, cache_shards=None, memory_bytes=None):
+        if cache_shards is not None and memory_bytes is not None:
+            raise ValueError(
+                f"TeacherCache(cache_shards={cache_shards!r}, memory_bytes={memory_bytes!r}): memory_bytes only "
+                "chooses the default cache_shards, so with both it would be ignored. Give one of them."
+            )
         if cache_shards is None:
+            memory_bytes = 1 << 30 if memory_bytes is None else memory_bytes
             cache_shards = _shards_within(read_manifest(os.fspath(directory)), memory_bytes)
         self._store = ShardStore.open(directory, cache_shards=cache_shards)
         self._cache_shards = cache_shards
@@ -268,7 +311,7 @@ class TeacherCache:
         examples_per_shard=1024,
         verbose=1,
         part=None,
-        wait_timeout=3600.0,
+        wait_timeout=None,
     ):
         """Runs `teacher` once over `data` and stores its outputs in `directory`; returns the opened cache.
 
@@ -297,7 +340,8 @@ class TeacherCache:
             examples_per_shard: examples per shard file.
             verbose: 1 shows a progress bar, 0 is silent.
             part: `(index, count)` for a distributed build (below); `None` for one process.
-            wait_timeout: how long a distributed build's processes wait for each other, in seconds.
+            wait_timeout: how long a distributed build's processes wait for each other, in seconds
+                (`None`: 3600); only with `part`.
 
         Distributed builds: each of `count` processes (JAX's `jax.process_index()` of
         `jax.process_count()`, a TensorFlow worker's task index, ...) calls `build` with
@@ -318,6 +362,12 @@ class TeacherCache:
         """
         teachers = _check_teachers(teacher)
         dtype = _check_dtype(dtype)
+        if wait_timeout is not None and part is None:
+            raise ValueError(
+                f"wait_timeout={wait_timeout!r} is how long the processes of a distributed build wait for each "
+                "other, but part=None builds in one process, which waits for nothing. Pass part=(index, count) "
+                "for a distributed build, or drop wait_timeout."
+            )
         if top_k is not None:
             check_top_k(top_k, None)
         pair_paths = _check_pairs(pairs)
@@ -382,16 +432,18 @@ class TeacherCache:
                     arrays["y"] = np.asarray(y)
                 if sample_weight is not None:
                     arrays["sample_weight"] = np.asarray(sample_weight)
+                first = position + done
                 if top_k is None:
-                    arrays[LOGITS] = np.asarray(logits).astype(dtype)
+                    arrays[LOGITS] = _finite(logits, dtype, "The teacher's logits", first)
                 else:
                     values, indices, tail = logits
-                    arrays[TOP_K_VALUES] = np.asarray(values).astype(dtype)
+                    arrays[TOP_K_VALUES] = _finite(values, dtype, "The teacher's top-k logits", first)
                     arrays[TOP_K_INDICES] = np.asarray(indices).astype("int32")
-                    arrays[TOP_K_TAIL] = np.asarray(tail).astype("float32")
+                    arrays[TOP_K_TAIL] = _finite(tail, "float32", "The teacher's tail log-mass", first)
                 for i, pair_features in enumerate(features):
                     for j, value in enumerate(pair_features):
-                        arrays[feature_key(i, j)] = np.asarray(value).astype(dtype)
+                        what = f"The outputs of the teacher layer {pair_paths[i][j]!r}"
+                        arrays[feature_key(i, j)] = _finite(value, dtype, what, first)
                 arrays[FINGERPRINT] = fingerprints[done:]
                 store.append(arrays)
             position += n
@@ -405,13 +457,14 @@ class TeacherCache:
         store.finish()
         if part is None:
             return cls(directory)
-        _gather_parts(whole_directory, metadata, index, count, wait_timeout)
+        _gather_parts(whole_directory, metadata, index, count, 3600.0 if wait_timeout is None else wait_timeout)
         return cls(whole_directory)
 
     # ------------------------------------------------------------------------- reading
 
     @property
     def directory(self):
+        """The directory the cache was opened from."""
         return self._store.directory
 
     def __len__(self):
@@ -458,10 +511,12 @@ class TeacherCache:
 
     @property
     def has_labels(self):
+        """Whether the data given to `build` had labels `y` (stored, and yielded by `dataset`)."""
         return bool(self._metadata["has_labels"])
 
     @property
     def has_sample_weight(self):
+        """Whether the data given to `build` had sample weights (stored, and yielded by `dataset`)."""
         return bool(self._metadata["has_sample_weight"])
 
     def feature_location(self, path):
@@ -596,7 +651,8 @@ class TeacherCache:
             if position + n > len(self):
                 raise ValueError(
                     f"The inputs differ from those the cache in {self.directory} was built on: they hold more than "
-                    f"its {len(self)} examples."
+                    f"its {len(self)} examples. Feed the inputs of the build, unchanged and in order, or use "
+                    "cache.dataset(...)."
                 )
             yield self._attached_batch(x, y, sample_weight, indices)
             position += n
@@ -627,10 +683,12 @@ class TeacherCache:
     # ------------------------------------------------------------------------- serialization
 
     def get_config(self):
+        """`{"directory": absolute path}`: a `Distiller` built on the cache saves this, not the outputs."""
         return {"directory": os.path.abspath(self.directory)}
 
     @classmethod
     def from_config(cls, config):
+        """Opens the cache at `config["directory"]` again."""
         return cls(config["directory"])
 
 
@@ -847,7 +905,8 @@ class _AttachedArrays(CacheDataset):
         if n != len(cache):
             raise ValueError(
                 f"The inputs differ from those the cache in {cache.directory} was built on: they hold {n} examples, "
-                f"the cache {len(cache)}."
+                f"the cache {len(cache)}. Feed the inputs of the build, unchanged and in order, or use "
+                "cache.dataset(...)."
             )
         self._parts = _numpy_tree_parts((x, y, sample_weight))
         super().__init__(cache, batch_size, shuffle, seed=None)

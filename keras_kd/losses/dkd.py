@@ -28,12 +28,14 @@ logit before a softmax; that is the same whenever the tempered logits span less 
 """
 
 import numbers
+import warnings
 
 import keras
 from keras import ops
 
 from keras_kd.checks import label_kind
 from keras_kd.losses._reduction import check_reduction, weighted_mean
+from keras_kd.losses.features import _broadcast_weights
 
 # Replaces the target class's log-probability inside the non-target log-sum-exp: exp() of it is 0.
 _EXCLUDED_LOG_PROB = -1e9
@@ -86,10 +88,15 @@ def target_mask(labels, logits):
 
 
 def _binary_and_non_target(log_p, is_target):
-    """`(log p[g], log(1 - p[g]), log p_hat)` from log-probabilities; `log p_hat` is meaningful off-target only."""
+    """`(log p[g], log(1 - p[g]), log p_hat)` from log-probabilities; `log p_hat` is 0 at the target class.
+
+    At the target `log p[g] - log(1 - p[g])` is no log-probability, and for a confident teacher
+    (a tempered logit gap of about 90) its `exp` overflows: a `where` that drops it afterwards
+    would still pass a NaN gradient (0 * inf), so it is replaced before any `exp`.
+    """
     log_target = ops.sum(ops.where(is_target, log_p, 0.0), axis=-1)
     log_rest = ops.logsumexp(ops.where(is_target, _EXCLUDED_LOG_PROB, log_p), axis=-1)
-    return log_target, log_rest, log_p - ops.expand_dims(log_rest, -1)
+    return log_target, log_rest, ops.where(is_target, 0.0, log_p - ops.expand_dims(log_rest, -1))
 
 
 def dkd_terms(teacher_logits, student_logits, labels, temperature=4.0):
@@ -99,6 +106,20 @@ def dkd_terms(teacher_logits, student_logits, labels, temperature=4.0):
     `NCKD = T**2 * KL(p_hat_t || p_hat_s)` over the non-target classes renormalized (see the
     module docstring). Float32, log-softmax; the result has the logits' shape without the
     class axis. A single class (no non-target class) gives `NCKD = 0`.
+
+    Example:
+
+    >>> import numpy as np
+    >>> from keras import ops
+    >>> from keras_kd.losses import dkd_terms, soft_target_kl
+    >>> t, s, labels = np.array([[3.0, 1.0, 0.2]]), np.array([[1.0, 2.0, 0.0]]), np.array([0])
+    >>> tckd, nckd = (float(ops.convert_to_numpy(v)[0]) for v in dkd_terms(t, s, labels, temperature=1.0))
+    >>> round(tckd, 4), round(nckd, 4)
+    (0.7766, 0.1279)
+    >>> p_target = float(np.exp(3.0) / np.exp(t).sum())  # the teacher's probability of the true class
+    >>> kl = float(ops.convert_to_numpy(soft_target_kl(t, s, temperature=1.0))[0])
+    >>> round(tckd + (1 - p_target) * nckd, 4) == round(kl, 4)  # classical KD = TCKD + (1 - p_t[g]) * NCKD
+    True
     """
     temperature = ops.cast(temperature, "float32")
     student_logits = ops.cast(student_logits, "float32")
@@ -114,7 +135,17 @@ def dkd_terms(teacher_logits, student_logits, labels, temperature=4.0):
 
 
 def dkd(teacher_logits, student_logits, labels, alpha=1.0, beta=8.0, temperature=4.0):
-    """Per-example (or per-position) `alpha * TCKD + beta * NCKD`; see `dkd_loss`."""
+    """Per-example (or per-position) `alpha * TCKD + beta * NCKD`; see `dkd_loss`.
+
+    Example:
+
+    >>> import numpy as np
+    >>> from keras import ops
+    >>> from keras_kd.losses import dkd
+    >>> t, s, labels = np.array([[3.0, 1.0, 0.2]]), np.array([[1.0, 2.0, 0.0]]), np.array([0])
+    >>> [round(float(v), 4) for v in ops.convert_to_numpy(dkd(t, s, labels, alpha=1.0, beta=8.0, temperature=1.0))]
+    [1.7995]
+    """
     tckd, nckd = dkd_terms(teacher_logits, student_logits, labels, temperature)
     return alpha * tckd + beta * nckd
 
@@ -245,16 +276,31 @@ class DKD(keras.losses.Loss):
         temperature = self.temperature if temperature is None else temperature
         return dkd(teacher_logits, student_logits, labels, self.alpha, self.beta, temperature)
 
+    def __call__(self, y_true, y_pred, sample_weight=None):
+        # Per-example weights (batch,) broadcast over the positions of sequence logits, as in `dkd_loss`.
+        return super().__call__(y_true, y_pred, _broadcast_weights(sample_weight, y_pred))
+
     def call(self, y_true, y_pred):
+        """Unreduced DKD values; `y_true` is the pair `(labels, teacher_logits)`, `y_pred` the student's logits."""
         if not isinstance(y_true, (tuple, list)) or len(y_true) != 2:
             raise ValueError(
                 "DKD as a Keras loss takes y_true = (labels, teacher_logits) and y_pred = the student's logits; "
                 f"got y_true of type {type(y_true).__name__}."
             )
         labels, teacher_logits = y_true
+        if self.warmup_epochs and not getattr(self, "_warned_standalone_warmup", False):
+            self._warned_standalone_warmup = True
+            warnings.warn(
+                f"DKD(warmup_epochs={self.warmup_epochs}) is used as a plain Keras loss, where the warm-up does not "
+                "act: only keras_kd.Distiller(..., soft_loss=DKD(...)).fit ramps the term. Multiply the loss by "
+                "dkd.warmup_weight(epoch) yourself, or pass warmup_epochs=0.",
+                UserWarning,
+                stacklevel=2,
+            )
         return self.per_position(teacher_logits, y_pred, self.temperature, labels=labels)
 
     def get_config(self):
+        """The `keras.losses.Loss` config plus `alpha`, `beta`, `temperature` and `warmup_epochs`."""
         return {
             **super().get_config(),
             "alpha": self.alpha,

@@ -149,6 +149,7 @@ class HintLoss(keras.losses.Loss):
         return super().__call__(y_true, y_pred, _broadcast_weights(sample_weight, y_pred))
 
     def call(self, y_true, y_pred):
+        """Per-example (or per-position) mean squared difference over the last axis, in float32."""
         return ops.mean(ops.square(ops.cast(y_true, "float32") - ops.cast(y_pred, "float32")), axis=-1)
 
 
@@ -174,4 +175,5 @@ class CosineEmbeddingLoss(keras.losses.Loss):
         return super().__call__(y_true, y_pred, _broadcast_weights(sample_weight, y_pred))
 
     def call(self, y_true, y_pred):
+        """Per-example (or per-position) `1 - cos(y_true, y_pred)` over the last axis, in float32."""
         return cosine_embedding_values(y_true, y_pred)

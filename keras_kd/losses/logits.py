@@ -14,6 +14,7 @@ import keras
 from keras import ops
 
 from keras_kd.losses._reduction import check_reduction, weighted_mean
+from keras_kd.losses.features import _broadcast_weights
 
 
 def _check_temperature(temperature):
@@ -51,6 +52,15 @@ def soft_target_kl(teacher_logits, student_logits, temperature=4.0):
     The last axis holds the classes; the result has the shape of the logits
     without it. Computed in float32 with log-softmax, so logits of any dtype
     and of large magnitude stay finite.
+
+    Example:
+
+    >>> import numpy as np
+    >>> from keras import ops
+    >>> from keras_kd.losses import soft_target_kl
+    >>> t = np.array([[2.0, 1.0, 0.1], [0.0, 0.0, 3.0]])
+    >>> [round(float(v), 4) for v in ops.convert_to_numpy(soft_target_kl(t, np.zeros((2, 3)), temperature=1.0))]
+    [0.2519, 0.732]
     """
     log_p, log_q, temperature = _log_probs(teacher_logits, student_logits, temperature)
     return temperature**2 * _kl(log_p, log_q)
@@ -107,6 +117,15 @@ def reverse_kl(teacher_logits, student_logits, temperature=1.0):
     The reverse (mode-seeking) KL: the expectation is under the student's
     distribution. Classes on the last axis; the result drops that axis.
     float32, log-softmax, finite for logits of any dtype and magnitude.
+
+    Example:
+
+    >>> import numpy as np
+    >>> from keras import ops
+    >>> from keras_kd.losses import reverse_kl
+    >>> t = np.array([[2.0, 1.0, 0.1], [0.0, 0.0, 3.0]])
+    >>> [round(float(v), 4) for v in ops.convert_to_numpy(reverse_kl(t, np.zeros((2, 3))))]
+    [0.2851, 0.9963]
     """
     log_p, log_q, temperature = _log_probs(teacher_logits, student_logits, temperature)
     return temperature**2 * _kl(log_q, log_p)
@@ -164,6 +183,17 @@ def generalized_jsd(teacher_logits, student_logits, beta=0.5, temperature=1.0):
 
     `beta` is a Python float in `[0, 1]` or a float scalar tensor/variable (then the
     caller keeps it in `[0, 1]`; the endpoints are still the exact KLs).
+
+    Example:
+
+    >>> import numpy as np
+    >>> from keras import ops
+    >>> from keras_kd.losses import generalized_jsd
+    >>> t, s = np.array([[2.0, 1.0, 0.1], [0.0, 0.0, 3.0]]), np.zeros((2, 3))
+    >>> [round(float(v), 4) for v in ops.convert_to_numpy(generalized_jsd(t, s, beta=0.5))]
+    [0.0645, 0.1932]
+    >>> [round(float(v), 4) for v in ops.convert_to_numpy(generalized_jsd(t, s, beta=0.0))]  # forward KL
+    [0.2519, 0.732]
     """
     _check_beta(beta)
     log_p, log_q, temperature = _log_probs(teacher_logits, student_logits, temperature)
@@ -257,15 +287,21 @@ class _TemperedLoss(keras.losses.Loss):
         super().__init__(name=name, reduction=reduction, **kwargs)
         self.temperature = temperature
 
+    def __call__(self, y_true, y_pred, sample_weight=None):
+        # Per-example weights (batch,) broadcast over the positions of sequence logits, as in the functions.
+        return super().__call__(y_true, y_pred, _broadcast_weights(sample_weight, y_pred))
+
     def per_position(self, teacher_logits, student_logits, temperature=None):
         """Unreduced values; `temperature=None` uses `self.temperature`."""
         temperature = self.temperature if temperature is None else temperature
         return self._values(teacher_logits, student_logits, temperature)
 
     def call(self, y_true, y_pred):
+        """Unreduced values at `self.temperature`; `y_true` holds the teacher's logits, `y_pred` the student's."""
         return self.per_position(y_true, y_pred, self.temperature)
 
     def get_config(self):
+        """The `keras.losses.Loss` config plus `temperature`."""
         return {**super().get_config(), "temperature": self.temperature}
 
 
@@ -335,6 +371,7 @@ class GeneralizedJSD(_TemperedLoss):
         return generalized_jsd(teacher_logits, student_logits, self.beta, temperature)
 
     def get_config(self):
+        """The config of the base class plus `beta`."""
         return {**super().get_config(), "beta": self.beta}
 
 

@@ -69,13 +69,13 @@ def _huber(x):
 def _pairwise_distances(x, off_diagonal):
     """Euclidean distances `(batch, batch)`, exactly 0 on the diagonal and for coinciding examples.
 
-    Uses the Gram matrix of the batch-centred embeddings (distances do not depend on
-    the centre; centring keeps `|x_i|**2 + |x_j|**2 - 2 x_i.x_j` from cancelling
-    catastrophically in float32 when all embeddings share a large offset).
+    From the differences `x_i - x_j` themselves: exactly 0 for coinciding examples and precise
+    for close ones, at O(batch**2 * width) memory (as `rkd_angle_loss`). The Gram-matrix form
+    `|x_i|**2 + |x_j|**2 - 2 x_i.x_j` leaves rounding noise of about `eps * |x|**2` in place of
+    a zero distance, which the normalisation by the mean distance can blow up to O(1) (e.g. when
+    the only weighted examples coincide).
     """
-    x = x - ops.mean(x, axis=0, keepdims=True)
-    squared_norms = ops.sum(ops.square(x), axis=1)
-    squared = squared_norms[:, None] + squared_norms[None, :] - 2.0 * ops.matmul(x, ops.transpose(x))
+    squared = ops.sum(ops.square(x[:, None, :] - x[None, :, :]), axis=-1)
     positive = ops.logical_and(squared > DISTANCE_EPSILON**2, off_diagonal > 0)
     safe = ops.where(positive, squared, ops.ones_like(squared))
     return ops.where(positive, ops.sqrt(safe), ops.zeros_like(squared))
@@ -105,7 +105,7 @@ def rkd_distance_loss(teacher_embeddings, student_embeddings, sample_weight=None
 
     Distances of squared size <= 1e-24 (the diagonal, duplicate examples) are set to
     exactly 0 with a zero gradient, so the square root's infinite slope at 0 never
-    reaches the gradient (JAX would give NaN). Cost: O(batch**2 * width).
+    reaches the gradient (JAX would give NaN). Cost: O(batch**2 * width) time and memory.
 
     Args:
         teacher_embeddings: `(batch, ...)` teacher embeddings (rank > 2 flattened per example).
@@ -218,7 +218,13 @@ class _RelationalLoss(keras.losses.Loss):
     loss_fn = None
 
     def __init__(self, name, **kwargs):
-        kwargs.pop("reduction", None)  # the reduction is fixed: a weighted mean over pairs/triplets
+        reduction = kwargs.pop("reduction", "sum_over_batch_size")  # fixed: a weighted mean over pairs/triplets
+        if reduction != "sum_over_batch_size":
+            raise ValueError(
+                f"{type(self).__name__}(reduction={reduction!r}): a relational loss is one weighted mean over the "
+                "batch's pairs (or triplets) of examples, so its reduction is fixed and would not be applied. Drop "
+                "reduction=; weight examples with sample_weight."
+            )
         super().__init__(name=name, reduction="sum_over_batch_size", **kwargs)
 
     def __call__(self, y_true, y_pred, sample_weight=None):
@@ -230,12 +236,14 @@ class _RelationalLoss(keras.losses.Loss):
         return super().__call__(_WithWeights(y_true, sample_weight), y_pred)
 
     def call(self, y_true, y_pred):
+        """The batch's relational loss as a `(1,)` tensor; `y_true` holds the teacher's embeddings."""
         weight = None
         if isinstance(y_true, _WithWeights):
             y_true, weight = y_true
         return ops.reshape(type(self).loss_fn(y_true, y_pred, weight), (1,))
 
     def get_config(self):
+        """The `keras.losses.Loss` config without `reduction`, which is fixed."""
         config = super().get_config()
         config.pop("reduction", None)
         return config

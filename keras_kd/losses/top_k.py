@@ -86,7 +86,18 @@ def top_k_logits(logits, top_k):
 
 
 def top_k_soft_target_kl(teacher_top_k, student_logits, temperature=4.0):
-    """Per-position bucketed `T**2 * KL` from a teacher's `top_k_logits(...)`; see `top_k_soft_target_loss`."""
+    """Per-position bucketed `T**2 * KL` from a teacher's `top_k_logits(...)`; see `top_k_soft_target_loss`.
+
+    Example:
+
+    >>> import numpy as np
+    >>> from keras import ops
+    >>> from keras_kd.losses import top_k_logits, top_k_soft_target_kl
+    >>> t = np.array([[4.0, 2.0, 0.0, 0.0, 0.0], [0.0, 1.0, 2.0, 3.0, 4.0]])
+    >>> values = top_k_soft_target_kl(top_k_logits(t, 2), t, temperature=1.0)  # the student is the teacher
+    >>> [round(float(v), 4) for v in ops.convert_to_numpy(values)]
+    [0.0, 0.0]
+    """
     values, indices, tail = teacher_top_k
     temperature = ops.cast(temperature, "float32")
     vocabulary_size, top_k = student_logits.shape[-1], indices.shape[-1]

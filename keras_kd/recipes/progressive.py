@@ -172,7 +172,26 @@ def progressive(
 
 
 class StageReport(list):
-    """The per-stage results of `progressive`: a list of dicts, printed as a table."""
+    """The per-stage results of `progressive`: a list of dicts, printed as a table.
+
+    Each row has `stage`, `teacher`, `student`, `epochs`, `loss` and `seconds`, and the last
+    epoch's validation logs when `progressive` had `validation_data`; `str(report)` lays them out
+    with one line per stage.
+
+    Example:
+
+    >>> from keras_kd.recipes import StageReport
+    >>> report = StageReport([
+    ...     {"stage": 1, "teacher": "teacher", "student": "assistant", "epochs": 5, "loss": 0.91, "seconds": 12.0},
+    ...     {"stage": 2, "teacher": "assistant", "student": "student", "epochs": 5, "loss": 0.62, "seconds": 4.5},
+    ... ])
+    >>> print(report)
+    stage  teacher -> student    epochs    loss  seconds
+    1      teacher -> assistant       5  0.9100     12.0
+    2      assistant -> student       5  0.6200      4.5
+    >>> [row["student"] for row in report]
+    ['assistant', 'student']
+    """
 
     def __str__(self):
         if not self:

@@ -30,6 +30,21 @@ class PseudoLabels(tuple):
         kept: the number of kept examples.
         total: the number of inputs.
         threshold: the threshold used, or None.
+
+    Example:
+
+    >>> import numpy as np, keras, keras_kd
+    >>> teacher = keras.Sequential([keras.Input((2,)), keras.layers.Dense(2)])
+    >>> teacher.set_weights([np.array([[4.0, 0.0], [0.0, 4.0]]), np.zeros(2)])  # logits 4 * x
+    >>> x = np.array([[1.0, 0.0], [0.1, 0.0], [0.0, 1.0]], "float32")
+    >>> labels = keras_kd.recipes.pseudo_label(teacher, x, threshold=0.9, soft=False, verbose=0)
+    >>> labels.kept, labels.total, labels.indices.tolist(), labels.y.tolist()
+    (2, 3, [0, 2], [0, 1])
+    >>> kept_x, kept_y = labels  # a tuple (x, y)
+    >>> kept_x.shape
+    (2, 2)
+    >>> labels.summary()
+    "pseudo_label: kept 2 of 3 examples (66.7 %) with the teacher's top probability >= 0.9, as class ids"
     """
 
     def __new__(cls, x, y, indices, confidence, total, threshold):
@@ -42,14 +57,17 @@ class PseudoLabels(tuple):
 
     @property
     def x(self):
+        """The kept inputs (`self[0]`)."""
         return self[0]
 
     @property
     def y(self):
+        """The teacher's labels of the kept inputs (`self[1]`)."""
         return self[1]
 
     @property
     def kept(self):
+        """The number of kept examples."""
         return len(self.indices)
 
     def summary(self):
@@ -209,6 +227,8 @@ def _teacher_logits(teacher, x):
             f"pseudo_label gives one label per example, so the teacher must return logits of shape (batch, classes); "
             f"{teacher.name!r} returned {shape}. Use a classifier head, or a model that returns only the logits."
         )
+    # NaN logits would become silent labels (argmax of NaN is 0) or NaN probabilities: refuse them.
+    checks.check_finite_teacher_outputs(f"The teacher {teacher.name!r}", logits, x, "a batch of pseudo_label's inputs")
     return np.asarray(logits, dtype=np.float64)
 
 

@@ -1,5 +1,18 @@
 """Keras's entry points that run a step, each preceded by a backend's check of where it runs."""
 
+import keras
+
+
+def refuse_keras_distribution(method, backend, advice):
+    """Raises when a `keras.distribution` is set on a backend whose Keras trainer would ignore it."""
+    distribution = keras.distribution.distribution()
+    if distribution is not None:
+        raise ValueError(
+            f"{method}() was called under keras.distribution.{type(distribution).__name__}, which Keras's "
+            f"{backend} backend does not apply: the run would silently stay on one device. {advice} Or drop the "
+            "distribution (leave its scope, or keras.distribution.set_distribution(None)) to train on one device."
+        )
+
 
 class CheckedEntryPoints:
     """Calls `self.check_entry(method_name)` before `fit`, `evaluate`, `predict` and the `*_on_batch` methods."""

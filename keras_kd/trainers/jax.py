@@ -83,6 +83,7 @@ class DistillationSteps(CheckedEntryPoints):
         check_distribution_placement(self, method)
 
     def per_replica_value(self, compiled_loss_value):
+        """A value from a `keras.losses.Loss` object on the scale of the distiller's own terms (unchanged here)."""
         return compiled_loss_value
 
     def _model_scope(self, trainable_values, non_trainable_values):
@@ -118,6 +119,11 @@ class DistillationSteps(CheckedEntryPoints):
         return logs, _current_values(scope, self.metrics_variables, metrics_values)
 
     def train_step(self, state, data):
+        """One stateless, jit-compilable training step: frozen teacher, student loss, gradients, update, metrics.
+
+        `state` is `(trainable, non_trainable, optimizer, metrics)` variable values; returns the logs
+        and the new state, as Keras's JAX trainer expects.
+        """
         trainable_values, non_trainable_values, optimizer_values, metrics_values = state
         x, y, sample_weight = unpack_x_y_sample_weight(data)
         teacher_outputs, non_trainable_values = self._teacher_outputs(trainable_values, non_trainable_values, x)
@@ -134,6 +140,7 @@ class DistillationSteps(CheckedEntryPoints):
         return logs, (trainable_values, non_trainable_values, optimizer_values, metrics_values)
 
     def test_step(self, state, data):
+        """One stateless evaluation step: the distillation loss and metrics, no update; returns `(logs, state)`."""
         trainable_values, non_trainable_values, metrics_values = state
         x, y, sample_weight = unpack_x_y_sample_weight(data)
         teacher_outputs, non_trainable_values = self._teacher_outputs(trainable_values, non_trainable_values, x)

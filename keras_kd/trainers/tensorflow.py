@@ -19,6 +19,8 @@ TensorFlow trainer for this class only (Keras itself is not patched):
   which has no axis 0 for a scalar; `_make_function` gives the logs a leading axis
   of length 1 there, so that reduction is the mean over replicas, as under the
   other strategies.
+- A `keras.distribution` (JAX's API) set under TensorFlow would be ignored by Keras's TensorFlow
+  trainer; `fit`, `evaluate`, `predict` and the `*_on_batch` methods refuse it.
 - Variables outside the strategy. A teacher, student or Distiller created outside
   the `strategy.scope()` it is compiled or fitted under makes Keras fail in the
   optimizer with a bare `AssertionError` (or a `TypeError`), or train silently
@@ -36,15 +38,38 @@ import keras
 import tensorflow as tf
 from keras.utils import unpack_x_y_sample_weight
 
+from keras_kd.trainers.entry_points import CheckedEntryPoints, refuse_keras_distribution
 
-class DistillationSteps:
+
+def check_no_keras_distribution(method):
+    """Raises under a `keras.distribution` (a JAX API): Keras's TensorFlow trainer would ignore it."""
+    refuse_keras_distribution(
+        method,
+        "TensorFlow",
+        "On TensorFlow, create the teacher, the student and the Distiller inside "
+        "`with tf.distribute.MirroredStrategy().scope():` (docs/distribution.md), or use the JAX backend for "
+        "keras.distribution.",
+    )
+
+
+class DistillationSteps(CheckedEntryPoints):
+    def check_entry(self, method):
+        check_no_keras_distribution(method)
+
     def _replicas(self):
         return self.distribute_strategy.num_replicas_in_sync
 
     def per_replica_value(self, compiled_loss_value):
+        """A value from a `keras.losses.Loss` object, brought to the scale of the distiller's own terms.
+
+        Under `tf.distribute` a Keras loss object already divides by the number of replicas; the
+        distiller's terms are per-replica means, divided once for all in the step, so this
+        multiplies the loss object's division back out.
+        """
         return compiled_loss_value * self._replicas()
 
     def train_step(self, data):
+        """One training step: teacher outside the tape, student loss under `GradientTape`, update, metrics."""
         x, y, sample_weight = unpack_x_y_sample_weight(data)
         teacher_logits, teacher_features = tf.nest.map_structure(tf.stop_gradient, self.teacher_forward(x))
         with tf.GradientTape() as tape:
@@ -59,6 +84,7 @@ class DistillationSteps:
         return self.update_distillation_metrics(loss, terms, x, y, student_logits, sample_weight)
 
     def test_step(self, data):
+        """One evaluation step: the distillation loss and metrics of `data`, no update."""
         x, y, sample_weight = unpack_x_y_sample_weight(data)
         teacher_logits, teacher_features = self.teacher_forward(x)
         student_logits, student_features = self.student_forward(x, training=False)
@@ -87,11 +113,21 @@ class DistillationSteps:
     def _maybe_symbolic_build(self, iterator=None, data_batch=None):
         strategy = self.distribute_strategy
         check_strategy_owns_variables(self, strategy)
-        if iterator is not None and self._distribute_strategy is not None:
+        first_batch_due = bool(getattr(self, "_first_batch_pending", False))
+        compiled = (self._compile_metrics, self._compile_loss)
+        compiled_unbuilt = any(part is not None and not part.built for part in compiled)
+        if iterator is not None and (self._distribute_strategy is not None or first_batch_due or compiled_unbuilt):
             for _, _, batches in iterator:
                 data_batch = keras.tree.map_structure(functools.partial(_first_local_value, strategy), next(batches))
                 break
             iterator = None
+        if first_batch_due:
+            self.inspect_first_batch(data_batch)
+        if self._distribute_strategy is None and compiled_unbuilt and data_batch is not None:
+            # Without a strategy Keras 3.15 leaves the compiled loss and metrics to be created inside the
+            # first traced step. After label-free batches (which build neither) a retrace with labels would
+            # then create variables inside an already traced tf.function, which TensorFlow refuses. Build here.
+            return self._symbolic_build(data_batch=data_batch)
         return super()._maybe_symbolic_build(iterator=iterator, data_batch=data_batch)
 
     def _make_function(self, step_function):

@@ -4,22 +4,19 @@ Keras's torch backend runs on one device per process and has no `keras.distribut
 support; a distribution set anyway would be ignored, so the entry points refuse it.
 """
 
-import keras
 import torch
 from keras.utils import unpack_x_y_sample_weight
 
-from keras_kd.trainers.entry_points import CheckedEntryPoints
+from keras_kd.trainers.entry_points import CheckedEntryPoints, refuse_keras_distribution
 
 
 def check_no_distribution(method):
-    distribution = keras.distribution.distribution()
-    if distribution is not None:
-        raise ValueError(
-            f"{method}() was called under keras.distribution.{type(distribution).__name__}, which Keras's torch "
-            "backend does not support: it would train on one device and ignore the distribution. Use the JAX or "
-            "TensorFlow backend for multi-device distillation (docs/distribution.md), or drop the distribution "
-            "(leave its scope, or keras.distribution.set_distribution(None)) to train on one device."
-        )
+    """Raises under a `keras.distribution`, which Keras's torch backend does not support."""
+    refuse_keras_distribution(
+        method,
+        "torch",
+        "Use the JAX or TensorFlow backend for multi-device distillation (docs/distribution.md).",
+    )
 
 
 class DistillationSteps(CheckedEntryPoints):
@@ -27,9 +24,11 @@ class DistillationSteps(CheckedEntryPoints):
         check_no_distribution(method)
 
     def per_replica_value(self, compiled_loss_value):
+        """A value from a `keras.losses.Loss` object on the scale of the distiller's own terms (unchanged here)."""
         return compiled_loss_value
 
     def train_step(self, data):
+        """One training step: teacher under `no_grad`, student loss, `backward`, optimizer update, metrics."""
         x, y, sample_weight = unpack_x_y_sample_weight(data)
         with torch.no_grad():
             teacher_logits, teacher_features = self.teacher_forward(x)
@@ -47,6 +46,7 @@ class DistillationSteps(CheckedEntryPoints):
         return self.update_distillation_metrics(loss.detach(), terms, x, y, student_logits.detach(), sample_weight)
 
     def test_step(self, data):
+        """One evaluation step, under `no_grad`: the distillation loss and metrics of `data`, no update."""
         x, y, sample_weight = unpack_x_y_sample_weight(data)
         with torch.no_grad():
             teacher_logits, teacher_features = self.teacher_forward(x)
