@@ -1,7 +1,7 @@
 """Feature terms on real MNIST: logits only, + Hint, + AttentionTransfer, + Relational, and scratch.
 
 Per seed: a teacher CNN (conv 32 -> conv 64 -> dense 128) trains on the 60,000 training images;
-a small student CNN (conv 8 -> conv 16 -> dense 32, 14 k parameters) trains on 5,000 labelled
+a small student CNN (conv 8 -> conv 16 -> dense 32, 26,698 parameters) trains on 5,000 labelled
 images drawn from the seed, from the same initial weights and on the same batches in every
 configuration:
 
