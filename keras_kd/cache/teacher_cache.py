@@ -873,8 +873,8 @@ class CacheDataset(keras.utils.PyDataset):
     def as_tf_dataset(self, shuffle_batches=False):
         """The same batches as a `tf.data.Dataset` over the cache held in memory; None when it is not.
 
-        Every epoch visits every example once, in a new order when `shuffle` (the whole cache
-        is one shuffle buffer, as `dataset` shuffles a cache that fits in memory), and
+        Every epoch visits every example once, in a new order when `shuffle` (a permutation of
+        the whole cache, as `dataset` shuffles a cache that fits in memory), and
         `shuffle_batches` also reorders the batches each epoch (what `fit(shuffle=True)` does
         to a `PyDataset`). TensorFlow's `fit` reads it without a Python call per batch.
         """
@@ -885,14 +885,18 @@ class CacheDataset(keras.utils.PyDataset):
 
         cache = self.cache
         arrays = {key: array for key, array in resident.items() if key != FINGERPRINT}
-        dataset = tf.data.Dataset.from_tensor_slices(arrays)
+        # Shuffle and batch example indices, then gather each batch from the arrays, as Keras's own
+        # array adapter does: shuffling whole examples would copy every one through a shuffle buffer.
+        indices = tf.data.Dataset.range(len(cache))
         if self.shuffle:
-            dataset = dataset.shuffle(len(cache), seed=self.seed, reshuffle_each_iteration=True)
-        dataset = dataset.batch(self.batch_size)
+            indices = indices.shuffle(len(cache), seed=self.seed, reshuffle_each_iteration=True)
+        indices = indices.batch(self.batch_size)
         if shuffle_batches:
-            dataset = dataset.shuffle(len(self), seed=self.seed, reshuffle_each_iteration=True)
+            indices = indices.shuffle(len(self), seed=self.seed, reshuffle_each_iteration=True)
+        dataset = tf.data.Dataset.zip((indices, tf.data.Dataset.from_tensors(arrays).repeat()))
 
-        def pack(batch):
+        def pack(index, data):
+            batch = {key: tf.gather(array, index) for key, array in data.items()}
             return cache._pack(_restore(cache._metadata["inputs"], batch), batch, tf.cast)
 
         return dataset.map(pack, num_parallel_calls=tf.data.AUTOTUNE).prefetch(tf.data.AUTOTUNE)
