@@ -449,23 +449,24 @@ def cosine_value_at_equal(problem):
     return (zero * weight).sum() / weight.sum() if weight.sum() else 0.0
 
 
+def with_class(case, class_name, class_compute):
+    """A loss function's case and its `keras.losses.Loss` class's: the same reference, tolerance and properties."""
+    return [case, dataclasses.replace(case, name=class_name, compute=class_compute)]
+
+
 CASES = [
     # ---- logits: forward KL, reverse KL, generalized JSD
-    Case(
-        "soft_target_loss",
-        "logits",
-        lambda t, s, pr: soft_target_loss(t, s, pr.temperature, sw(pr)),
-        lambda pr: soft_target_reference(pr.teacher, pr.student, pr.temperature, pr.sample_weight),
-        softmax_atol,
-        softmax=True,
-    ),
-    Case(
+    *with_class(
+        Case(
+            "soft_target_loss",
+            "logits",
+            lambda t, s, pr: soft_target_loss(t, s, pr.temperature, sw(pr)),
+            lambda pr: soft_target_reference(pr.teacher, pr.student, pr.temperature, pr.sample_weight),
+            softmax_atol,
+            softmax=True,
+        ),
         "SoftTargetLoss",
-        "logits",
         lambda t, s, pr: SoftTargetLoss(temperature=pr.temperature)(t, s, sample_weight=sw(pr)),
-        lambda pr: soft_target_reference(pr.teacher, pr.student, pr.temperature, pr.sample_weight),
-        softmax_atol,
-        softmax=True,
     ),
     Case(
         "soft_target_kl",
@@ -475,21 +476,17 @@ CASES = [
         softmax_atol,
         softmax=True,
     ),
-    Case(
-        "reverse_kl_loss",
-        "logits",
-        lambda t, s, pr: reverse_kl_loss(t, s, pr.temperature, sw(pr)),
-        lambda pr: weighted(ref_reverse_kl(pr.teacher, pr.student, pr.temperature), pr.sample_weight),
-        softmax_atol,
-        softmax=True,
-    ),
-    Case(
+    *with_class(
+        Case(
+            "reverse_kl_loss",
+            "logits",
+            lambda t, s, pr: reverse_kl_loss(t, s, pr.temperature, sw(pr)),
+            lambda pr: weighted(ref_reverse_kl(pr.teacher, pr.student, pr.temperature), pr.sample_weight),
+            softmax_atol,
+            softmax=True,
+        ),
         "ReverseKL",
-        "logits",
         lambda t, s, pr: ReverseKL(temperature=pr.temperature)(t, s, sample_weight=sw(pr)),
-        lambda pr: weighted(ref_reverse_kl(pr.teacher, pr.student, pr.temperature), pr.sample_weight),
-        softmax_atol,
-        softmax=True,
     ),
     Case(
         "reverse_kl",
@@ -499,23 +496,18 @@ CASES = [
         softmax_atol,
         softmax=True,
     ),
-    Case(
-        "generalized_jsd_loss",
-        "logits",
-        lambda t, s, pr: generalized_jsd_loss(t, s, pr.beta, pr.temperature, sw(pr)),
-        lambda pr: weighted(ref_gjsd(pr.teacher, pr.student, pr.beta, pr.temperature), pr.sample_weight),
-        softmax_atol,
-        softmax=True,
-        symmetric=True,
-    ),
-    Case(
+    *with_class(
+        Case(
+            "generalized_jsd_loss",
+            "logits",
+            lambda t, s, pr: generalized_jsd_loss(t, s, pr.beta, pr.temperature, sw(pr)),
+            lambda pr: weighted(ref_gjsd(pr.teacher, pr.student, pr.beta, pr.temperature), pr.sample_weight),
+            softmax_atol,
+            softmax=True,
+            symmetric=True,
+        ),
         "GeneralizedJSD",
-        "logits",
         lambda t, s, pr: GeneralizedJSD(beta=pr.beta, temperature=pr.temperature)(t, s, sample_weight=sw(pr)),
-        lambda pr: weighted(ref_gjsd(pr.teacher, pr.student, pr.beta, pr.temperature), pr.sample_weight),
-        softmax_atol,
-        softmax=True,
-        symmetric=True,
     ),
     Case(
         "generalized_jsd",
@@ -527,25 +519,19 @@ CASES = [
         symmetric=True,
     ),
     # ---- DKD
-    Case(
-        "dkd_loss",
-        "dkd",
-        lambda t, s, pr: dkd_loss(t, s, pr.labels, pr.alpha, pr.nckd_weight, pr.temperature, sw(pr)),
-        lambda pr: dkd_reference(
-            pr.teacher, pr.student, pr.labels, pr.alpha, pr.nckd_weight, pr.temperature, pr.sample_weight
+    *with_class(
+        Case(
+            "dkd_loss",
+            "dkd",
+            lambda t, s, pr: dkd_loss(t, s, pr.labels, pr.alpha, pr.nckd_weight, pr.temperature, sw(pr)),
+            lambda pr: dkd_reference(
+                pr.teacher, pr.student, pr.labels, pr.alpha, pr.nckd_weight, pr.temperature, pr.sample_weight
+            ),
+            dkd_atol,
+            softmax=True,
         ),
-        dkd_atol,
-        softmax=True,
-    ),
-    Case(
         "DKD",
-        "dkd",
         lambda t, s, pr: DKD(pr.alpha, pr.nckd_weight, pr.temperature)((pr.labels, t), s, sample_weight=sw(pr)),
-        lambda pr: dkd_reference(
-            pr.teacher, pr.student, pr.labels, pr.alpha, pr.nckd_weight, pr.temperature, pr.sample_weight
-        ),
-        dkd_atol,
-        softmax=True,
     ),
     Case(
         "dkd",
@@ -584,99 +570,73 @@ CASES = [
         softmax=True,
     ),
     # ---- features
-    Case(
-        "hint_loss",
-        "features",
-        lambda t, s, pr: hint_loss(t, s, sw(pr)),
-        lambda pr: hint_reference(pr.teacher, pr.student, pr.sample_weight),
-        hint_atol,
-        symmetric=True,
-        invariance=common_shift,
-    ),
-    Case(
+    *with_class(
+        Case(
+            "hint_loss",
+            "features",
+            lambda t, s, pr: hint_loss(t, s, sw(pr)),
+            lambda pr: hint_reference(pr.teacher, pr.student, pr.sample_weight),
+            hint_atol,
+            symmetric=True,
+            invariance=common_shift,
+        ),
         "HintLoss",
-        "features",
         lambda t, s, pr: HintLoss()(t, s, sample_weight=sw(pr)),
-        lambda pr: hint_reference(pr.teacher, pr.student, pr.sample_weight),
-        hint_atol,
-        symmetric=True,
-        invariance=common_shift,
     ),
-    Case(
-        "cosine_embedding_loss",
-        "features",
-        lambda t, s, pr: cosine_embedding_loss(t, s, mask=sw(pr)),
-        lambda pr: cosine_reference(pr.teacher, pr.student, pr.sample_weight),
-        unit_atol,
-        symmetric=True,
-        invariance=position_scales,
-        value_at_equal=cosine_value_at_equal,
-    ),
-    Case(
+    *with_class(
+        Case(
+            "cosine_embedding_loss",
+            "features",
+            lambda t, s, pr: cosine_embedding_loss(t, s, mask=sw(pr)),
+            lambda pr: cosine_reference(pr.teacher, pr.student, pr.sample_weight),
+            unit_atol,
+            symmetric=True,
+            invariance=position_scales,
+            value_at_equal=cosine_value_at_equal,
+        ),
         "CosineEmbeddingLoss",
-        "features",
         lambda t, s, pr: CosineEmbeddingLoss()(t, s, sample_weight=sw(pr)),
-        lambda pr: cosine_reference(pr.teacher, pr.student, pr.sample_weight),
-        unit_atol,
-        symmetric=True,
-        invariance=position_scales,
-        value_at_equal=cosine_value_at_equal,
     ),
     # ---- attention transfer
-    Case(
-        "attention_transfer_loss",
-        "maps",
-        lambda t, s, pr: attention_transfer_loss(t, s, pr.p, sw(pr)),
-        lambda pr: at_reference(pr.teacher, pr.student, pr.p, pr.sample_weight),
-        unit_atol,
-        symmetric=True,
-        invariance=example_scales_and_channel_order,
-    ),
-    Case(
+    *with_class(
+        Case(
+            "attention_transfer_loss",
+            "maps",
+            lambda t, s, pr: attention_transfer_loss(t, s, pr.p, sw(pr)),
+            lambda pr: at_reference(pr.teacher, pr.student, pr.p, pr.sample_weight),
+            unit_atol,
+            symmetric=True,
+            invariance=example_scales_and_channel_order,
+        ),
         "AttentionTransferLoss",
-        "maps",
         lambda t, s, pr: AttentionTransferLoss(p=pr.p)(t, s, sample_weight=sw(pr)),
-        lambda pr: at_reference(pr.teacher, pr.student, pr.p, pr.sample_weight),
-        unit_atol,
-        symmetric=True,
-        invariance=example_scales_and_channel_order,
     ),
     # ---- relational
-    Case(
-        "rkd_distance_loss",
-        "embeddings",
-        lambda t, s, pr: rkd_distance_loss(t, s, sw(pr)),
-        lambda pr: distance_reference(pr.teacher, pr.student, pr.sample_weight),
-        distance_atol,
-        symmetric=True,
-        invariance=scale_and_translation,
-    ),
-    Case(
+    *with_class(
+        Case(
+            "rkd_distance_loss",
+            "embeddings",
+            lambda t, s, pr: rkd_distance_loss(t, s, sw(pr)),
+            lambda pr: distance_reference(pr.teacher, pr.student, pr.sample_weight),
+            distance_atol,
+            symmetric=True,
+            invariance=scale_and_translation,
+        ),
         "RKDDistanceLoss",
-        "embeddings",
         lambda t, s, pr: RKDDistanceLoss()(t, s, sample_weight=sw(pr)),
-        lambda pr: distance_reference(pr.teacher, pr.student, pr.sample_weight),
-        distance_atol,
-        symmetric=True,
-        invariance=scale_and_translation,
     ),
-    Case(
-        "rkd_angle_loss",
-        "embeddings",
-        lambda t, s, pr: rkd_angle_loss(t, s, sw(pr)),
-        lambda pr: angle_reference(pr.teacher, pr.student, pr.sample_weight),
-        angle_atol,
-        symmetric=True,
-        invariance=scale_and_translation,
-    ),
-    Case(
+    *with_class(
+        Case(
+            "rkd_angle_loss",
+            "embeddings",
+            lambda t, s, pr: rkd_angle_loss(t, s, sw(pr)),
+            lambda pr: angle_reference(pr.teacher, pr.student, pr.sample_weight),
+            angle_atol,
+            symmetric=True,
+            invariance=scale_and_translation,
+        ),
         "RKDAngleLoss",
-        "embeddings",
         lambda t, s, pr: RKDAngleLoss()(t, s, sample_weight=sw(pr)),
-        lambda pr: angle_reference(pr.teacher, pr.student, pr.sample_weight),
-        angle_atol,
-        symmetric=True,
-        invariance=scale_and_translation,
     ),
 ]
 
