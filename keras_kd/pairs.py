@@ -392,12 +392,7 @@ class CosineEmbedding(LayerPair):
     position_weighted = True
 
     def __init__(self, teacher_layer, student_layer, weight=1.0, name=None, **kwargs):
-        if kwargs.get("loss") is not None:
-            raise TypeError(
-                f"CosineEmbedding(loss={kwargs['loss']!r}): the term is DistilBERT's cosine loss, it takes no other "
-                "loss. For a loss of your own, use keras_kd.LayerPair(teacher_layer, student_layer, loss=...)."
-            )
-        kwargs.pop("loss", None)
+        # Its own signature keeps `weight` third; a `loss` in kwargs is refused by LayerPair, as for every kind.
         super().__init__(teacher_layer, student_layer, weight=weight, name=name, **kwargs)
 
     def bind(self, teacher_shapes, student_shapes):

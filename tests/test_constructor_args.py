@@ -479,14 +479,7 @@ DECISIONS = {
         "student_layer": EVERYWHERE,
         "weight": EVERYWHERE,
         "name": EVERYWHERE,
-        "loss": [
-            raises(
-                "any (the term is DistilBERT's cosine loss)",
-                r"CosineEmbedding\(loss='mse'\): the term is DistilBERT's cosine loss.*keras_kd.LayerPair",
-                lambda tmp_path: keras_kd.CosineEmbedding("hidden", "hidden", loss="mse"),
-                error=TypeError,
-            )
-        ],
+        "loss": [fixed_loss_case(keras_kd.CosineEmbedding)],
         **{key: [pair_kwargs_case(keras_kd.CosineEmbedding, key, value)] for key, value in LAYER_KWARGS.items()},
     },
     "TemperatureScheduler": {
