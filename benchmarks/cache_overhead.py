@@ -81,13 +81,6 @@ def timed(run):
     return time.perf_counter() - start
 
 
-def straddle_verdict(median, low, high, target):
-    """PASS or FAIL by the median, marked when the 95 % interval reaches the other side of the target."""
-    if median <= target:
-        return "PASS" + ("" if high <= target else " (interval straddles)")
-    return "FAIL" + ("" if low > target else " (interval straddles)")
-
-
 def main(argv=None):
     args = parse_args(argv)
     os.environ["KERAS_BACKEND"] = args.backend
@@ -151,7 +144,7 @@ def main(argv=None):
     for ratio, (a, b) in {"D/S": ("D", "S"), "B/P": ("B", "P")}.items():
         values = seconds[a] / seconds[b]
         median, low, high = so.bootstrap_median(np, values, 2000, np.random.default_rng(args.seed))
-        verdict = straddle_verdict(median, low, high, TARGETS[ratio])
+        verdict = so.interval_verdict(median <= TARGETS[ratio], low, high, TARGETS[ratio])
         if args.quick:
             verdict = "INCONCLUSIVE (quick)"
         summary["ratios"][ratio] = {"median": median, "ci95": [low, high], "per_round": values.tolist()}

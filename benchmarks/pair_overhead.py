@@ -166,10 +166,8 @@ def summarize(np, rounds, args):
             verdict = "INCONCLUSIVE (below protocol)"
         elif not control_ok:
             verdict = "INCONCLUSIVE (control off)"
-        elif met:
-            verdict = "PASS" + ("" if high <= target else " (interval straddles)")
         else:
-            verdict = "FAIL" + ("" if low > target else " (interval straddles)")
+            verdict = so.interval_verdict(met, low, high, target)
         verdicts[name] = {"target": target, "verdict": verdict}
     items = {name: {"median_ms": float(np.median(v))} for name, v in ms.items()}
     return {"items": items, "ratios": ratios, "verdicts": verdicts, "control_ok": control_ok}

@@ -390,6 +390,13 @@ def bootstrap_median(np, values, resamples, rng):
     return float(np.median(values)), float(low), float(high)
 
 
+def interval_verdict(met, low, high, target):
+    """PASS or FAIL as `met` says, marked when the 95 % interval reaches the other side of `target`."""
+    if met:
+        return "PASS" + ("" if high <= target else " (interval straddles)")
+    return "FAIL" + ("" if low > target else " (interval straddles)")
+
+
 def summarize(np, rounds, args):
     series = ratio_series(rounds)
     ratios = {}
