@@ -72,8 +72,8 @@ def run_seed(seed, args):
     import numpy as np
 
     import keras_kd
-    from keras_kd.cli import accuracy, shuffled_batches
-    from keras_kd.datasets import load_mnist
+    from keras_kd.demo.cli import accuracy, shuffled_batches
+    from keras_kd.demo.datasets import load_mnist
 
     (x_train, y_train), (x_test, y_test) = load_mnist(args.data_dir)
     rows = np.random.default_rng(seed).choice(len(x_train), args.labelled, replace=False)

@@ -1,9 +1,9 @@
 """Teacher assistants on real MNIST: a tiny student from scratch, distilled directly, and through an assistant.
 
-Per seed: a teacher CNN (`keras_kd.cli.build_teacher`, 422 k parameters) trains on the training
+Per seed: a teacher CNN (`keras_kd.demo.cli.build_teacher`, 422 k parameters) trains on the training
 images; then a one-hidden-layer MLP student (`--student-hidden` units, 16 by default: 12.7 k
 parameters) is trained three times from the same initial weights, on the same batches in the same
-order (`keras_kd.cli.shuffled_batches`; an assistant's second stage continues its sequence), for
+order (`keras_kd.demo.cli.shuffled_batches`; an assistant's second stage continues its sequence), for
 `--epochs` epochs:
 
     scratch     the labels alone (plain fit)
@@ -36,7 +36,7 @@ def run_seed(seed, args, data):
     import numpy as np
 
     import keras_kd
-    from keras_kd.cli import accuracy, build_student, build_teacher, shuffled_batches
+    from keras_kd.demo.cli import accuracy, build_student, build_teacher, shuffled_batches
 
     (x_train, y_train), (x_test, y_test) = data
     rows = np.random.default_rng(seed).permutation(len(x_train))[: args.train_images]
@@ -118,7 +118,7 @@ def main(argv=None):
     import keras
     import numpy as np
 
-    from keras_kd.datasets import load_mnist
+    from keras_kd.demo.datasets import load_mnist
 
     start = time.perf_counter()
     data = load_mnist(args.data_dir)

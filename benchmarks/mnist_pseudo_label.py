@@ -3,13 +3,13 @@
 Per seed, 1,000 of the 60,000 training images are drawn as the labelled set; the labels of the
 other 59,000 are thrown away. No other label is used anywhere, by default:
 
-    teacher     the CNN of `keras_kd.cli.build_teacher` behind random translations and rotations
+    teacher     the CNN of `keras_kd.demo.cli.build_teacher` behind random translations and rotations
                 (data augmentation), trained on the 1,000 labelled images (`--teacher-epochs`).
                 A bigger model with augmentation where the labels are is the realistic source of a
                 teacher in this setting; `--teacher-labels all` trains it on all 60,000 labels
                 instead (a teacher from elsewhere, e.g. trained on a related labelled set).
 
-The student is the demo's MLP (`keras_kd.cli.build_student`, 128 hidden units), trained from
+The student is the demo's MLP (`keras_kd.demo.cli.build_student`, 128 hidden units), trained from
 the same initial weights in every configuration:
 
     labelled only   the 1,000 labelled images (`--labelled-epochs`)
@@ -48,7 +48,7 @@ def run_seed(seed, args, data):
     import numpy as np
 
     import keras_kd
-    from keras_kd.cli import accuracy, build_student, build_teacher
+    from keras_kd.demo.cli import accuracy, build_student, build_teacher
 
     (x_train, y_train), (x_test, y_test) = data
     order = np.random.default_rng(seed).permutation(len(x_train))
@@ -148,7 +148,7 @@ def main(argv=None):
     import keras
     import numpy as np
 
-    from keras_kd.datasets import load_mnist
+    from keras_kd.demo.datasets import load_mnist
 
     start = time.perf_counter()
     data = load_mnist(args.data_dir)

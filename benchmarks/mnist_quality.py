@@ -1,6 +1,6 @@
 """Does the `keras-kd demo` regime hold over seeds? Teacher, scratch student, distilled student.
 
-Runs `keras_kd.cli.run_demo` (the demo itself, default settings) once per seed; each seed draws
+Runs `keras_kd.demo.cli.run_demo` (the demo itself, default settings) once per seed; each seed draws
 the teacher's and the student's initial weights, the batches and the 5,000 labelled images of the
 students. Prints, per model, the mean, std and min/max of the accuracy on the 10,000 test images,
 and the gain of the distilled student over the scratch student (per seed: same initial weights,
@@ -32,7 +32,7 @@ def main(argv=None):
     import keras
     import numpy as np
 
-    from keras_kd.cli import run_demo
+    from keras_kd.demo.cli import run_demo
 
     reports = []
     for seed in args.seeds:

@@ -1,8 +1,8 @@
-"""`python -m keras_kd ...` runs the `keras-kd` command (see `keras_kd.cli`)."""
+"""`python -m keras_kd ...` runs the `keras-kd` command (see `keras_kd.demo.cli`)."""
 
 import sys
 
-from keras_kd.cli import main
+from keras_kd.demo.cli import main
 
 if __name__ == "__main__":
     sys.exit(main())

@@ -10,15 +10,18 @@ import warnings
 import keras
 from keras import ops
 
-from keras_kd import checks, text_pipeline
-from keras_kd.batches import is_in_memory
+from keras_kd import validation as checks
 from keras_kd.cache.teacher_cache import TeacherCache
+from keras_kd.data import text as text_pipeline
+from keras_kd.data.arrays import is_in_memory
+from keras_kd.data.batch_keys import cached_teacher_outputs, is_cached, student_padding_mask, student_view, teacher_view
+from keras_kd.features.binding import BoundPairs
+from keras_kd.features.capture import capture
+from keras_kd.features.pairs import Hint
 from keras_kd.losses._reduction import weighted_mean
 from keras_kd.losses.logits import mixture_logits
 from keras_kd.losses.top_k import top_k_soft_target_kl
-from keras_kd.model_inputs import cached_teacher_outputs, is_cached, student_padding_mask, student_view, teacher_view
-from keras_kd.pair_bindings import BoundPairs
-from keras_kd.pairs import Hint
+from keras_kd.metrics import TermMeans
 from keras_kd.soft_loss import SoftLossWarmup
 from keras_kd.soft_loss import describe as describe_soft_loss
 from keras_kd.soft_loss import deserialize as deserialize_soft_loss
@@ -27,8 +30,6 @@ from keras_kd.soft_loss import resolve as resolve_soft_loss
 from keras_kd.soft_loss import serialize as serialize_soft_loss
 from keras_kd.soft_loss import warmup_epochs as soft_loss_warmup_epochs
 from keras_kd.soft_loss import warmup_weight as soft_loss_warmup_weight
-from keras_kd.taps import capture
-from keras_kd.term_means import TermMeans
 from keras_kd.trainers import DistillationSteps
 
 
@@ -68,7 +69,7 @@ class Distiller(DistillationSteps, keras.Model):
 
     KerasHub `TextClassifier` and `CausalLM` tasks can be teacher and student, and
     `fit`, `evaluate` and `predict` accept raw strings: the models' preprocessors
-    tokenize them in the data pipeline (see `keras_kd.text_pipeline`). When the two
+    tokenize them in the data pipeline (see `keras_kd.data.text`). When the two
     models read different inputs of the same examples, pass
     `keras_kd.paired_inputs(teacher_x, student_x)` as `x`.
 
@@ -123,7 +124,7 @@ class Distiller(DistillationSteps, keras.Model):
         student: a `keras.Model` that returns logits of the teacher's shape.
         temperature: `T > 0` that softens both distributions.
         alpha: weight of the hard-label loss in `[0, 1]`.
-        pairs: layer pairs, each adding a feature term (see `keras_kd.pairs`).
+        pairs: layer pairs, each adding a feature term (see `keras_kd.features.pairs`).
         soft_loss: the soft term between the tempered distributions: `"kl"`
             (`T**2 * KL(p_t || p_s)`, Hinton et al.), `"reverse_kl"`
             (`T**2 * KL(p_s || p_t)`), a loss object from `keras_kd.losses` such as
@@ -366,7 +367,7 @@ class Distiller(DistillationSteps, keras.Model):
     ):
         """`keras.Model.fit`; raw strings are tokenized by the KerasHub models' preprocessors.
 
-        See `keras_kd.text_pipeline` for which preprocessor feeds which model.
+        See `keras_kd.data.text` for which preprocessor feeds which model.
         """
         if kwargs.get("class_weight") is not None:
             _check_class_weight(self.student, x, y)

@@ -9,7 +9,7 @@ import keras
 import numpy as np
 import pytest
 
-from keras_kd import cli, datasets
+from keras_kd.demo import cli, datasets
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 MODELS = ("teacher", "student_scratch", "student_distilled")

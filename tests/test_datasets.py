@@ -1,4 +1,4 @@
-"""`keras_kd.datasets.load_mnist`: the packaged file, the tfds path (offline), the error."""
+"""`keras_kd.demo.datasets.load_mnist`: the packaged file, the tfds path (offline), the error."""
 
 import doctest
 import sys
@@ -6,8 +6,8 @@ import sys
 import numpy as np
 import pytest
 
-from keras_kd import datasets
-from keras_kd.datasets import load_mnist
+from keras_kd.demo import datasets
+from keras_kd.demo.datasets import load_mnist
 
 # Images per digit in the standard MNIST splits.
 TRAIN_COUNTS = [5923, 6742, 5958, 6131, 5842, 5421, 5918, 6265, 5851, 5949]

@@ -185,7 +185,7 @@ def test_mixed_precision_trains_with_float32_losses(policy):
 
 
 def test_student_learns_real_digits_from_the_teacher():
-    from keras_kd.datasets import load_mnist
+    from keras_kd.demo.datasets import load_mnist
 
     (x_train, y_train), (x_test, y_test) = load_mnist()
     x_train, y_train = x_train[:2000].reshape(-1, 784), y_train[:2000]

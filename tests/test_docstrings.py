@@ -16,7 +16,7 @@ import pytest
 
 MODULES = [
     "keras_kd.distiller",
-    "keras_kd.pairs",
+    "keras_kd.features.pairs",
     "keras_kd.losses.logits",
     "keras_kd.losses.dkd",
     "keras_kd.losses.features",
@@ -24,10 +24,10 @@ MODULES = [
     "keras_kd.losses.relational",
     "keras_kd.losses.top_k",
     "keras_kd.callbacks",
-    "keras_kd.term_means",
+    "keras_kd.metrics",
     "keras_kd.cache.teacher_cache",
     "keras_kd.cache.store",
-    "keras_kd.model_inputs",
+    "keras_kd.data.batch_keys",
     "keras_kd.hub.student",
     "keras_kd.hub.gguf",
     "keras_kd.recipes.progressive",

@@ -2,8 +2,8 @@ import keras
 import numpy as np
 import pytest
 
-from keras_kd import layer_paths
-from keras_kd.taps import capture, install_tap
+from keras_kd.features import layer_paths
+from keras_kd.features.capture import capture, install_tap
 
 
 def nested_model():

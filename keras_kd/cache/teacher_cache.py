@@ -68,13 +68,12 @@ import time
 import keras
 import numpy as np
 
-from keras_kd import checks, layer_paths
-from keras_kd.batches import batch_size_of, dataset_batches, is_in_memory
+from keras_kd import validation as checks
 from keras_kd.cache.fingerprints import _to_numpy, example_fingerprints, teacher_fingerprint
 from keras_kd.cache.shards import part_name, read_manifest
 from keras_kd.cache.store import ShardStore
-from keras_kd.losses.top_k import check_top_k, top_k_logits
-from keras_kd.model_inputs import (
+from keras_kd.data.arrays import batch_size_of, dataset_batches, is_in_memory
+from keras_kd.data.batch_keys import (
     LOGITS_KEY,
     STUDENT_KEY,
     TEACHER_FEATURES_KEY,
@@ -82,8 +81,10 @@ from keras_kd.model_inputs import (
     student_view,
     teacher_view,
 )
-from keras_kd.pairs import LayerPair
-from keras_kd.taps import capture, captured_output, install_tap
+from keras_kd.features import layer_paths
+from keras_kd.features.capture import capture, captured_output, install_tap
+from keras_kd.features.pairs import LayerPair
+from keras_kd.losses.top_k import check_top_k, top_k_logits
 
 KIND = "keras_kd.TeacherCache"
 DTYPES = ("float16", "float32")

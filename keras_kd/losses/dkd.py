@@ -33,9 +33,9 @@ import warnings
 import keras
 from keras import ops
 
-from keras_kd.checks import label_kind
 from keras_kd.losses._reduction import check_reduction, weighted_mean
 from keras_kd.losses.features import _broadcast_weights
+from keras_kd.validation import label_kind
 
 # Replaces the target class's log-probability inside the non-target log-sum-exp: exp() of it is 0.
 _EXCLUDED_LOG_PROB = -1e9

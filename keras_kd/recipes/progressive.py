@@ -18,12 +18,12 @@ import time
 import keras
 import numpy as np
 
-from keras_kd import checks
-from keras_kd.batches import is_in_memory
+from keras_kd import validation as checks
 from keras_kd.cache.fingerprints import teacher_fingerprint
 from keras_kd.cache.teacher_cache import TeacherCache
+from keras_kd.data.arrays import is_in_memory
 from keras_kd.distiller import Distiller
-from keras_kd.pairs import LayerPair
+from keras_kd.features.pairs import LayerPair
 
 DEFAULT_COMPILE = {"optimizer": "adam", "metrics": ["accuracy"]}
 

@@ -12,8 +12,8 @@ import numbers
 import keras
 import numpy as np
 
-from keras_kd import checks
-from keras_kd.batches import batch_size_of, dataset_batches, is_in_memory
+from keras_kd import validation as checks
+from keras_kd.data.arrays import batch_size_of, dataset_batches, is_in_memory
 
 
 class PseudoLabels(tuple):

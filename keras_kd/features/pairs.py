@@ -18,6 +18,7 @@ import math
 import keras
 from keras import ops
 
+from keras_kd.features.regressors import make_regressor
 from keras_kd.losses import (
     attention_transfer_loss,
     cosine_embedding_loss,
@@ -26,7 +27,6 @@ from keras_kd.losses import (
     rkd_distance_loss,
 )
 from keras_kd.losses._reduction import weighted_mean
-from keras_kd.regressors import make_regressor
 
 # keras.layers.Layer arguments a pair accepts through **kwargs but could not apply (it is never called).
 _LAYER_KWARGS_NOT_APPLIED = ("dtype", "trainable", "autocast", "activity_regularizer")
@@ -177,7 +177,7 @@ class Hint(LayerPair):
 
     The regressor maps the student's output to the teacher's shape. With
     `regressor="auto"` it is built when the shapes differ (`Dense` for vectors
-    and sequences, a convolution for feature maps, see `keras_kd.regressors`);
+    and sequences, a convolution for feature maps, see `keras_kd.features.regressors`);
     pass a `keras.layers.Layer` to choose it, or `None` to require equal shapes.
     It trains with the student and is not part of `distiller.student`.
 

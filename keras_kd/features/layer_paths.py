@@ -11,7 +11,7 @@ import difflib
 
 import keras
 
-from keras_kd.taps import capture, install_tap
+from keras_kd.features.capture import capture, install_tap
 
 
 def sublayers(layer):

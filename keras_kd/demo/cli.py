@@ -129,7 +129,7 @@ def run_demo(seed=0, data_dir=None, fast=False, out=None, verbose=2, **settings)
     import numpy as np
 
     from keras_kd import Distiller
-    from keras_kd.datasets import load_mnist
+    from keras_kd.demo.datasets import load_mnist
 
     unknown = set(settings) - set(DEFAULTS)
     if unknown:

@@ -21,7 +21,7 @@ import sys
 import numpy as np
 from keras.utils import pack_x_y_sample_weight, unpack_x_y_sample_weight
 
-from keras_kd.model_inputs import paired_inputs
+from keras_kd.data.batch_keys import paired_inputs
 
 
 def _leaves(data):

@@ -56,7 +56,7 @@ def load_mnist(data_dir=None, download=False):
 
     Example:
 
-    >>> from keras_kd.datasets import load_mnist
+    >>> from keras_kd.demo.datasets import load_mnist
     >>> data = load_mnist()
     >>> (x_train, y_train), (x_test, y_test) = data
     >>> x_train.shape, y_test.shape, x_train.dtype.name, y_train.dtype.name

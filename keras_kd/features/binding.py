@@ -7,9 +7,9 @@ exist before the first compiled step.
 
 from collections import Counter
 
-from keras_kd import layer_paths
-from keras_kd.pairs import Hint, LayerPair
-from keras_kd.taps import captured_output, install_tap
+from keras_kd.features import layer_paths
+from keras_kd.features.capture import captured_output, install_tap
+from keras_kd.features.pairs import Hint, LayerPair
 
 
 def log_names(pairs):
