@@ -201,8 +201,8 @@ def run_backend(args):
     loss_items = {}
     for kind in args.pairs:
         distiller = fit_items[f"CP_{kind}"][0]
-        _, (teacher_features, *_) = distiller.teacher_forward(batch)
-        _, (student_features, *_) = distiller.student_forward(batch, training=True)
+        _, (teacher_features, *_) = distiller._teacher_forward(batch)
+        _, (student_features, *_) = distiller._student_forward(batch, training=True)
         if backend == "torch":
             student_features = [s.detach() for s in student_features]
         run = make_loss_step(backend, keras, distiller.pairs, teacher_features, student_features)

@@ -1,7 +1,7 @@
-"""Schedules for the distiller's temperature and alpha, applied between epochs.
+"""Every schedule and warm-up of a distiller, applied between epochs.
 
-Both values are variables of the `Distiller`, so a change reaches the compiled
-(jit/XLA) train step without recompiling.
+Temperature, alpha and the warm-up weights are variables of the `Distiller`, so a change
+reaches the compiled (jit/XLA) train step without recompiling.
 """
 
 import inspect
@@ -128,7 +128,36 @@ class HintWarmup(_DistillerScheduler):
         super().__init__(lambda epoch: 1.0 if epoch < self.epochs else 0.0, verbose=verbose)
 
     def on_train_begin(self, logs=None):
-        self._distiller().enable_hint_warmup_masks()
+        self._distiller()._enable_hint_warmup_masks()
 
     def on_train_end(self, logs=None):
         self._distiller().hint_warmup = 0.0
+
+
+class SoftLossWarmup(_DistillerScheduler):
+    """Ramps the soft term of a soft loss with `warmup_epochs = N > 0` (e.g. `keras_kd.losses.DKD`).
+
+    At the start of epoch `e` (from 0, counting `initial_epoch`) it sets the distiller's
+    `soft_loss_warmup` to `soft_loss.warmup_weight(e)`, `min((e + 1) / N, 1)` for the built-in
+    losses, and logs it as `soft_loss_warmup` at the end of every epoch. `Distiller.fit` adds one
+    itself when the soft loss has a warm-up and `callbacks` hold none, so the warm-up applies
+    without it being passed; pass one with `schedule` to ramp another way.
+
+    Args:
+        schedule: `epoch -> weight in [0, 1]` (or `(epoch, current) -> weight`); by default
+            the soft loss's own `warmup_weight`.
+        verbose: print each change.
+
+    Example:
+
+    >>> import keras_kd
+    >>> slower = keras_kd.callbacks.SoftLossWarmup(lambda epoch: min(epoch / 10, 1.0))
+    """
+
+    attribute = "soft_loss_warmup"
+
+    def __init__(self, schedule=None, verbose=0):
+        super().__init__(schedule if schedule is not None else self._soft_loss_weight, verbose=verbose)
+
+    def _soft_loss_weight(self, epoch):
+        return self._distiller().soft_loss.warmup_weight(epoch)

@@ -1,99 +1,109 @@
-"""Choosing the distiller's soft term: forward KL (Hinton et al.), reverse KL, a loss object, or your own.
+"""Resolving the distiller's `soft_loss` argument into one `SoftTerm`.
 
-`resolve(spec, temperature)` turns the `soft_loss` argument of `Distiller` into
-`term(teacher_logits, student_logits, temperature, sample_weight, labels) -> scalar`. The
-temperature passed at each step is the distiller's variable, so schedules reach
-every choice. `labels` is the batch's `y`: only a soft loss that declares
-`needs_labels = True` (`keras_kd.losses.DKD`, or a callable with that attribute)
-reads it, and then a batch without labels is an error.
-
-A soft loss with `warmup_epochs = N > 0` (`DKD(warmup_epochs=N)`) has its term multiplied
-by a weight that `Distiller.fit` sets at the start of every epoch (`SoftLossWarmup`).
+`Distiller(soft_loss=...)` takes `"kl"` (Hinton et al.), `"reverse_kl"`, a `keras_kd.losses.SoftLoss`
+object (`GeneralizedJSD`, `DKD`, one of your own) or a callable
+`(teacher_logits, student_logits, temperature, sample_weight) -> scalar` (one with an attribute
+`needs_labels = True` also receives the labels). `resolve` checks it once, at construction, and
+returns a `SoftTerm` with the same call for all of them,
+`term(teacher_logits, student_logits, temperature, sample_weight, labels) -> scalar`, and the
+properties the distiller reads: `needs_labels`, `warmup_epochs` and `warmup_weight(epoch)`.
 """
 
 import keras
 
 from keras_kd import losses
-from keras_kd.losses._reduction import REDUCTIONS, weighted_mean
+from keras_kd.losses._common import REDUCTIONS, weighted_mean
 
-NAMES = {"kl": "soft_target_kl", "reverse_kl": "reverse_kl"}
-
-
-def needs_labels(spec):
-    """Whether the soft loss `spec` reads the batch's labels (`DKD` does)."""
-    return not isinstance(spec, str) and bool(getattr(spec, "needs_labels", False))
+BUILT_IN = {"kl": losses.soft_target_kl, "reverse_kl": losses.reverse_kl}
 
 
-def describe(spec):
-    """A short name of the soft loss for messages: `'kl'`, `DKD(alpha=1.0, beta=8.0)`, a function's name."""
-    if isinstance(spec, str):
-        return repr(spec)
-    if isinstance(spec, losses.DKD):
-        return f"DKD(alpha={spec.alpha}, beta={spec.beta})"
-    return getattr(spec, "__name__", type(spec).__name__)
+class SoftTerm:
+    """A resolved soft loss: `term(t, s, temperature, sample_weight, labels)` and what the distiller reads."""
 
+    def __init__(self, spec, function, needs_labels=False, warmup_epochs=0):
+        self.spec = spec
+        self.function = function
+        self.needs_labels = needs_labels
+        self.warmup_epochs = warmup_epochs
 
-def warmup_epochs(spec):
-    """The warm-up length of a soft loss object (`DKD(warmup_epochs=N)`), 0 when it has none."""
-    return 0 if isinstance(spec, str) else int(getattr(spec, "warmup_epochs", 0) or 0)
+    def __call__(self, teacher_logits, student_logits, temperature, sample_weight, labels=None):
+        return self.function(teacher_logits, student_logits, temperature, sample_weight, labels)
 
+    def warmup_weight(self, epoch):
+        """The soft term's weight in epoch `epoch` (from 0); 1.0 without a warm-up."""
+        if isinstance(self.spec, losses.SoftLoss):
+            return float(self.spec.warmup_weight(epoch))
+        return 1.0
 
-def warmup_weight(spec, epoch):
-    """The soft term's weight in epoch `epoch` (from 0): the loss's own `warmup_weight`, else `min((e + 1) / N, 1)`."""
-    own = getattr(spec, "warmup_weight", None)
-    if own is not None:
-        return float(own(epoch))
-    epochs = warmup_epochs(spec)
-    return 1.0 if not epochs else min((int(epoch) + 1) / epochs, 1.0)
+    def replaced(self, function):
+        """The same soft loss computed by `function` (a source that stores the teacher differently)."""
+        return SoftTerm(self.spec, function, self.needs_labels, self.warmup_epochs)
+
+    def describe(self):
+        """A short name for messages: `'kl'`, `DKD(alpha=1.0, beta=8.0)`, a function's name."""
+        spec = self.spec
+        if isinstance(spec, str):
+            return repr(spec)
+        if isinstance(spec, losses.DKD):
+            return f"DKD(alpha={spec.alpha}, beta={spec.beta})"
+        return getattr(spec, "__name__", type(spec).__name__)
 
 
 def resolve(spec, temperature):
-    """The soft term for `spec` (see `Distiller`'s `soft_loss`); raises on anything else."""
+    """The `SoftTerm` of `spec` (see `Distiller`'s `soft_loss`); raises on anything else."""
     if isinstance(spec, str):
-        if spec not in NAMES:
+        if spec not in BUILT_IN:
             raise ValueError(
                 f"soft_loss={spec!r} is not known. Use 'kl' (forward KL, Hinton et al.), 'reverse_kl', a loss "
                 "object from keras_kd.losses (e.g. GeneralizedJSD(beta=0.5) or DKD()) or a callable "
                 "(teacher_logits, student_logits, temperature, sample_weight) -> scalar."
             )
-        per_position = getattr(losses, NAMES[spec])
-        return lambda t, s, temp, weight, labels=None: weighted_mean(per_position(t, s, temp), weight)
-    if hasattr(spec, "per_position"):
-        own = getattr(spec, "temperature", None)
-        if own is not None and float(own) != float(temperature):
-            raise ValueError(
-                f"soft_loss {type(spec).__name__}(temperature={own}) and Distiller(temperature={temperature}) "
-                "disagree. The distiller's temperature (the one schedulers change) is the one used: set it on "
-                "the Distiller and leave the loss's at that value."
-            )
-        dtype = getattr(spec, "dtype", None)
-        if isinstance(spec, keras.losses.Loss) and dtype != keras.config.floatx():
-            raise ValueError(
-                f"soft_loss {type(spec).__name__}(dtype={dtype!r}): the distiller computes the soft term in float32 "
-                "from log-softmax whatever the dtypes of the models, so the loss's dtype would not be applied. "
-                "Drop dtype= from the loss (the models' dtype policies set their compute dtype)."
-            )
-        reduction = getattr(spec, "reduction", None)
-        reduction = reduction if reduction in REDUCTIONS else "sum_over_batch_size"
-        if needs_labels(spec):
-            return lambda t, s, temp, weight, labels: weighted_mean(
-                spec.per_position(t, s, temp, labels=labels), weight, reduction
-            )
-        return lambda t, s, temp, weight, labels=None: weighted_mean(spec.per_position(t, s, temp), weight, reduction)
+        per_position = BUILT_IN[spec]
+        return SoftTerm(spec, lambda t, s, temp, weight, labels=None: weighted_mean(per_position(t, s, temp), weight))
+    if isinstance(spec, losses.SoftLoss):
+        return _resolve_loss_object(spec, temperature)
     if isinstance(spec, keras.losses.Loss):
         raise ValueError(
             f"soft_loss {type(spec).__name__} is a Keras loss without a temperature-aware `per_position` method. "
-            "Use a loss from keras_kd.losses, or a callable (teacher_logits, student_logits, temperature, "
-            "sample_weight) -> scalar."
+            "Use a loss from keras_kd.losses (or subclass keras_kd.losses.SoftLoss), or a callable "
+            "(teacher_logits, student_logits, temperature, sample_weight) -> scalar."
         )
     if callable(spec):
-        if needs_labels(spec):
-            return spec
-        return lambda t, s, temp, weight, labels=None: spec(t, s, temp, weight)
+        if getattr(spec, "needs_labels", False) is True:
+            return SoftTerm(spec, spec, needs_labels=True)
+        return SoftTerm(spec, lambda t, s, temp, weight, labels=None: spec(t, s, temp, weight))
     raise TypeError(
         f"soft_loss must be 'kl', 'reverse_kl', a keras_kd.losses object (GeneralizedJSD, DKD, ...) or a callable; "
         f"got {spec!r}."
     )
+
+
+def _resolve_loss_object(spec, temperature):
+    own = spec.temperature
+    if own is not None and float(own) != float(temperature):
+        raise ValueError(
+            f"soft_loss {type(spec).__name__}(temperature={own}) and Distiller(temperature={temperature}) "
+            "disagree. The distiller's temperature (the one schedulers change) is the one used: set it on "
+            "the Distiller and leave the loss's at that value."
+        )
+    if spec.dtype != keras.config.floatx():
+        raise ValueError(
+            f"soft_loss {type(spec).__name__}(dtype={spec.dtype!r}): the distiller computes the soft term in float32 "
+            "from log-softmax whatever the dtypes of the models, so the loss's dtype would not be applied. "
+            "Drop dtype= from the loss (the models' dtype policies set their compute dtype)."
+        )
+    reduction = spec.reduction if spec.reduction in REDUCTIONS else "sum_over_batch_size"
+    if spec.needs_labels:
+
+        def term(t, s, temp, weight, labels):
+            return weighted_mean(spec.per_position(t, s, temp, labels=labels), weight, reduction)
+
+    else:
+
+        def term(t, s, temp, weight, labels=None):
+            return weighted_mean(spec.per_position(t, s, temp), weight, reduction)
+
+    return SoftTerm(spec, term, needs_labels=spec.needs_labels, warmup_epochs=int(spec.warmup_epochs or 0))
 
 
 def serialize(spec):
@@ -102,24 +112,3 @@ def serialize(spec):
 
 def deserialize(config):
     return config if isinstance(config, str) else keras.saving.deserialize_keras_object(config)
-
-
-class SoftLossWarmup(keras.callbacks.Callback):
-    """Sets a distiller's soft-loss warm-up weight at the start of every epoch.
-
-    `Distiller.fit` adds one by itself when its soft loss has `warmup_epochs > 0` (e.g.
-    `keras_kd.losses.DKD(warmup_epochs=20)`); the weight of epoch `e` (from 0, counting
-    `initial_epoch`) is `soft_loss.warmup_weight(e)`. The weight is logged as
-    `soft_loss_warmup` at the end of every epoch.
-    """
-
-    def __init__(self, schedule):
-        super().__init__()
-        self.schedule = schedule
-
-    def on_epoch_begin(self, epoch, logs=None):
-        self.model.soft_loss_warmup = self.schedule(epoch)
-
-    def on_epoch_end(self, epoch, logs=None):
-        if logs is not None:
-            logs["soft_loss_warmup"] = self.model.soft_loss_warmup

@@ -1,9 +1,14 @@
 """Validation of what the user passes in: each failure names the value and the fix."""
 
 import math
+import numbers
 
 import keras
 import numpy as np
+
+from keras_kd.losses import _common
+from keras_kd.losses._common import label_kind as label_kind  # the losses own the label and shape rules
+from keras_kd.losses._common import require_number, shapes_match
 
 
 def check_model(role, model):
@@ -25,25 +30,12 @@ def check_teacher_built(teacher):
 
 
 def check_temperature(value):
-    if isinstance(value, bool) or not isinstance(value, (int, float)):
-        raise TypeError(
-            f"temperature must be a number, got {value!r} ({type(value).__name__}). Pass a Python float, e.g. "
-            "temperature=4.0."
-        )
-    if not math.isfinite(value) or value <= 0:
-        raise ValueError(
-            f"temperature must be a finite number > 0, got {value}. T = 1 is the plain "
-            "softmax; Hinton et al. use 2 to 20 to soften the teacher's probabilities."
-        )
-    return float(value)
+    """A distiller's temperature: a finite Python number > 0, returned as a float (the losses' own check)."""
+    return _common.check_temperature(value, number=True)
 
 
 def check_alpha(value):
-    if isinstance(value, bool) or not isinstance(value, (int, float)):
-        raise TypeError(
-            f"alpha must be a number, got {value!r} ({type(value).__name__}). Pass a Python float in [0, 1], e.g. "
-            "alpha=0.1."
-        )
+    require_number("alpha", value, " Pass a Python float in [0, 1], e.g. alpha=0.1.")
     if not 0.0 <= value <= 1.0:
         raise ValueError(
             f"alpha must lie in [0, 1], got {value}. alpha weights the hard-label loss and "
@@ -51,6 +43,11 @@ def check_alpha(value):
             "the teacher."
         )
     return float(value)
+
+
+def is_integer(value):
+    """Whether `value` is an integer, a Python or NumPy one; a bool is not."""
+    return isinstance(value, numbers.Integral) and not isinstance(value, bool)
 
 
 def _output_operation(model):
@@ -85,7 +82,8 @@ def check_outputs_logits(role, model):
         )
 
 
-def _known_shape(model):
+def known_output_shape(model):
+    """The shape of the model's one output where its graph tells it, else None; raises for several outputs."""
     outputs = getattr(model, "outputs", None)
     if not outputs:
         return None
@@ -95,11 +93,6 @@ def _known_shape(model):
             "logits per model. Build a model that returns only the logits to distill."
         )
     return tuple(outputs[0].shape)
-
-
-def shapes_match(a, b):
-    """Equal rank and equal sizes where both are known (None is a wildcard)."""
-    return len(a) == len(b) and all(x is None or y is None or x == y for x, y in zip(a, b))
 
 
 def check_output_shapes(teacher_shape, student_shape):
@@ -118,23 +111,7 @@ def check_model_pair(teacher, student):
     """Static checks at construction where the models' graphs tell their outputs."""
     for role, model in (("teacher", teacher), ("student", student)):
         check_outputs_logits(role, model)
-    check_output_shapes(_known_shape(teacher), _known_shape(student))
-
-
-def label_kind(y_shape, logits_shape):
-    """`"sparse"` or `"categorical"` for labels of `y_shape` against logits; else ValueError."""
-    y_shape, logits_shape = tuple(y_shape), tuple(logits_shape)
-    sparse = logits_shape[:-1]
-    if shapes_match(y_shape, sparse) or shapes_match(y_shape, sparse + (1,)):
-        return "sparse"
-    if shapes_match(y_shape, logits_shape):
-        return "categorical"
-    raise ValueError(
-        f"Labels of shape {y_shape} fit neither sparse integer labels {sparse} (or "
-        f"{sparse + (1,)}) nor one-hot labels {logits_shape} for student logits of shape "
-        f"{logits_shape}. Pass class indices or one-hot vectors, or give compile() a loss "
-        "that fits your labels."
-    )
+    check_output_shapes(known_output_shape(teacher), known_output_shape(student))
 
 
 # Several teachers.
@@ -220,7 +197,7 @@ def check_teacher_weights(weights, count, single_model=False):
     return [value / total for value in values]
 
 
-# Non-finite values, checked once on the first batch of training (see `Distiller.inspect_first_batch`).
+# Non-finite values, checked once on the first batch of training (see `Distiller._inspect_first_batch`).
 
 
 def count_non_finite(value):

@@ -10,7 +10,7 @@ import pytest
 from keras_kd.cache import CacheCorruptError, ShardStore, example_fingerprints, teacher_fingerprint
 from keras_kd.cache import shards as shards_module
 from keras_kd.cache import store as store_module
-from keras_kd.cache.shards import read_manifest, read_shard, write_manifest, write_shard
+from keras_kd.cache.shards import load_shard, read_manifest, read_shard_bytes, write_manifest, write_shard
 
 METADATA = {"teacher": "abc123", "data": {"name": "toy", "examples": 45}}
 
@@ -101,7 +101,7 @@ def test_float16_and_argument_like_keys_survive_a_shard(tmp_path):
     entry = write_shard(tmp_path, 0, arrays)
     assert entry["file"] == "shard-00000.npz" and entry["examples"] == 3
     assert entry["bytes"] == os.path.getsize(tmp_path / "shard-00000.npz")
-    got = read_shard(tmp_path, entry)
+    got = load_shard(*read_shard_bytes(tmp_path, entry))  # size and SHA-256 checked against the entry
     assert got["file"].dtype == np.float16
     assert_same(got, arrays)
     with np.load(tmp_path / "shard-00000.npz") as plain:  # an ordinary npz

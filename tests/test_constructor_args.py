@@ -519,6 +519,28 @@ DECISIONS = {
         ],
         "verbose": EVERYWHERE,
     },
+    "losses.SoftLoss": {
+        "warmup_epochs": [
+            raises(
+                "a value that is not an integer >= 0",
+                r"warmup_epochs must be an integer >= 0, got -1",
+                lambda tmp_path: losses.SoftLoss(warmup_epochs=-1),
+            ),
+            # and a train_on_batch loop: under "Distiller" / "soft_loss"
+        ],
+        **soft_loss_decisions(losses.SoftLoss),
+    },
+    "SoftLossWarmup": {
+        "schedule": [
+            raises(
+                "the fit() of a model that is not a Distiller",
+                r"SoftLossWarmup schedules a keras_kd.Distiller's soft_loss_warmup; it was given to the fit\(\) of",
+                lambda tmp_path: schedule_on_a_plain_model(callbacks.SoftLossWarmup(lambda epoch: 1.0)),
+                error=TypeError,
+            )
+        ],
+        "verbose": EVERYWHERE,
+    },
     "losses.SoftTargetLoss": soft_loss_decisions(losses.SoftTargetLoss),
     "losses.ReverseKL": soft_loss_decisions(losses.ReverseKL),
     "losses.GeneralizedJSD": {"beta": EVERYWHERE, **soft_loss_decisions(losses.GeneralizedJSD)},
@@ -711,6 +733,7 @@ SIGNATURES = {
     "TemperatureScheduler": arguments(callbacks.TemperatureScheduler.__init__),
     "AlphaScheduler": arguments(callbacks.AlphaScheduler.__init__),
     "HintWarmup": arguments(callbacks.HintWarmup.__init__),
+    "SoftLossWarmup": arguments(callbacks.SoftLossWarmup.__init__),
     **{
         f"losses.{name}": arguments(getattr(losses, name).__init__, LOSS_INIT)
         for name in losses.__all__

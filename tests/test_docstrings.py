@@ -17,6 +17,7 @@ import pytest
 MODULES = [
     "keras_kd.distiller",
     "keras_kd.features.pairs",
+    "keras_kd.losses.base",
     "keras_kd.losses.logits",
     "keras_kd.losses.dkd",
     "keras_kd.losses.features",
@@ -28,6 +29,8 @@ MODULES = [
     "keras_kd.cache.teacher_cache",
     "keras_kd.cache.store",
     "keras_kd.data.batch_keys",
+    "keras_kd.data.arrays",
+    "keras_kd.cache.schema",
     "keras_kd.hub.student",
     "keras_kd.hub.gguf",
     "keras_kd.recipes.progressive",

@@ -3,7 +3,7 @@ import numpy as np
 import pytest
 
 from keras_kd.features import layer_paths
-from keras_kd.features.capture import capture, install_tap
+from keras_kd.features.capture import capture
 
 
 def nested_model():
@@ -79,19 +79,23 @@ def test_unbuilt_subclassed_model_says_how_to_fix_it():
         layer_paths.output_shapes(sub, [sub.body], "student")
 
 
-def test_taps_capture_inner_outputs_without_changing_the_model():
+def test_capture_records_inner_outputs_and_leaves_the_layer_as_it_was():
     model = nested_model()
     x = np.random.default_rng(0).normal(size=(4, 3)).astype("float32")
     before = keras.ops.convert_to_numpy(model(x))
     dense_a = layer_paths.resolve(model, "inner_model/dense_a", "student")
-    install_tap(dense_a)
-    install_tap(dense_a)  # idempotent
-    with capture() as captured:
+    own_call = dense_a.call
+    with capture([dense_a, dense_a]) as captured:  # a layer named twice is wrapped once
+        assert "call" in vars(dense_a)
+        with capture([dense_a]):  # nested captures share the wrapper
+            pass
+        assert "call" in vars(dense_a)
         after = keras.ops.convert_to_numpy(model(x))
+    assert "call" not in vars(dense_a) and dense_a.call == own_call
     np.testing.assert_array_equal(before, after)
     expected = keras.ops.convert_to_numpy(dense_a(model.get_layer("stem")(x)))
     np.testing.assert_allclose(keras.ops.convert_to_numpy(captured[id(dense_a)]), expected, rtol=1e-6)
-    with capture() as outside_of_the_pass:
+    with capture([dense_a]) as outside_of_the_pass:
         pass
     assert outside_of_the_pass == {}
 

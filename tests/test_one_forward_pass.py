@@ -7,6 +7,7 @@ from conftest import toy_data
 import keras_kd
 
 
+@keras.saving.register_keras_serializable(package="keras_kd_tests")
 class CallCounter(keras.layers.Layer):
     """Identity layer that counts its runtime calls in a non-trainable variable (works inside jit)."""
 
@@ -56,7 +57,7 @@ def test_each_model_runs_once_per_training_step(with_pairs):
     steps = 2 * 64 // 16
     assert count(student) == steps
     # Once per step, and once before the first: fit() checks that the teacher's outputs on its first batch are
-    # finite (Distiller.inspect_first_batch), eagerly, outside the compiled steps.
+    # finite (Distiller._inspect_first_batch), eagerly, outside the compiled steps.
     assert count(teacher) == steps + 1
 
 
@@ -73,3 +74,41 @@ def test_keras_core_runs_the_student_twice_for_a_feature_term():
     core.compile("adam", loss="sparse_categorical_crossentropy", jit_compile=compiled())
     core.fit(x, y, batch_size=16, epochs=1, verbose=0)
     assert count(student) == 2 * (64 // 16)
+
+
+def _wrapped_layers(*models):
+    """Layers whose instance carries its own `call` (a capture's wrapper), by path."""
+    found = []
+    for model in models:
+        for layer in [model, *model._flatten_layers(include_self=False)]:
+            if "call" in vars(layer):
+                found.append(f"{model.name}/{layer.name}")
+    return found
+
+
+@pytest.mark.timeout(600)
+def test_capture_leaves_the_models_as_it_found_them_and_a_reloaded_distiller_still_captures(tmp_path):
+    x, y = toy_data(n=64)
+    teacher, student = counted_model("teacher", 16), counted_model("student", 8)
+    pairs = [keras_kd.Hint("features", "features"), keras_kd.Relational("counter", "counter")]
+    distiller = keras_kd.Distiller(teacher, student, pairs=pairs).compile("adam", jit_compile=compiled())
+    assert _wrapped_layers(teacher, student) == []
+    distiller.fit(x, y, batch_size=16, epochs=1, verbose=0)
+    assert _wrapped_layers(teacher, student) == []
+    # The student used on its own runs its layers' own call.
+    assert distiller.student.get_layer("features").call.__func__ is keras.layers.Dense.call
+    student_path = str(tmp_path / "student.keras")
+    distiller.student.save(student_path)
+    keras.saving.load_model(student_path).predict(x, verbose=0)
+
+    path = str(tmp_path / "distiller.keras")
+    distiller.save(path)
+    loaded = keras.saving.load_model(path)
+    assert _wrapped_layers(loaded.teacher, loaded.student) == []
+    before_student, before_teacher = count(loaded.student), count(loaded.teacher)
+    history = loaded.fit(x, y, batch_size=16, epochs=1, verbose=0)
+    steps = 64 // 16
+    assert count(loaded.student) - before_student == steps
+    assert count(loaded.teacher) - before_teacher == steps + 1
+    assert history.history["hint_loss"][0] > 0  # (the relational pair compares the same inputs: 0)
+    assert _wrapped_layers(loaded.teacher, loaded.student) == []

@@ -9,7 +9,7 @@ import pytest
 
 import keras_kd
 from keras_kd.cache import ShardStore, TeacherCache
-from keras_kd.cache import teacher_cache as teacher_cache_module
+from keras_kd.cache import build as cache_build_module
 
 N, FEATURES, CLASSES = 40, 6, 3
 
@@ -49,13 +49,13 @@ def count_calls(model):
 def count_cached_examples(monkeypatch):
     """Counts the examples `TeacherCache.build` runs the teacher on (through its compiled predict step)."""
     calls = {"examples": 0}
-    original = teacher_cache_module._TeacherForward.predict_on_batch
+    original = cache_build_module._TeacherForward.predict_on_batch
 
     def counting(self, x):
         calls["examples"] += int(np.shape(x)[0])
         return original(self, x)
 
-    monkeypatch.setattr(teacher_cache_module._TeacherForward, "predict_on_batch", counting)
+    monkeypatch.setattr(cache_build_module._TeacherForward, "predict_on_batch", counting)
     return calls
 
 

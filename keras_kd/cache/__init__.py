@@ -1,9 +1,19 @@
-"""Storage layer of the offline teacher cache: the teacher's outputs, computed once, stored on disk.
+"""The offline teacher cache: the teacher's outputs, computed once, stored on disk.
 
-The storage layer (`ShardStore`, the fingerprints) is NumPy and the standard library only (it imports
-neither Keras nor a backend), so a cache written under one backend reads under any other.
-`TeacherCache` (in `teacher_cache.py`, loaded on first use because it imports Keras) runs the teacher
-and stores its outputs with it.
+The storage layer is NumPy and the standard library only (it imports neither Keras nor a backend),
+so a cache written under one backend reads under any other:
+
+* `shards.py`: shard files and the manifest, written atomically and read back verified;
+* `store.py`: `ShardStore`, a directory of shards written in order and read at random;
+* `fingerprints.py`: the digests that tie stored outputs to their inputs and their teacher.
+
+The teacher cache on top of it imports Keras, and is loaded on first use of `TeacherCache`:
+
+* `schema.py`: the keys a cached example is stored under, and the nesting of the inputs;
+* `build.py`: `TeacherCache.build`'s work: run the teacher over the data, write the shards,
+  resume an interrupted build, gather a distributed build's parts;
+* `teacher_cache.py`: `TeacherCache`, a complete cache opened for reading (and what it stores);
+* `datasets.py`: its batches for `fit`: `dataset`'s `PyDataset` (and `tf.data` form), `attach`'s.
 
 On-disk format (`"format": "keras_kd.teacher_cache/1"`)
 -------------------------------------------------------

@@ -23,7 +23,8 @@ import numpy as np
 DIGEST_SIZE = 16
 
 
-def _to_numpy(value):
+def to_numpy(value):
+    """`value` as a NumPy array; a PyTorch tensor is detached and moved to the CPU first."""
     if hasattr(value, "detach") and hasattr(value, "cpu"):  # a torch tensor, possibly on a GPU
         value = value.detach().cpu()
     return np.asarray(value)
@@ -85,7 +86,7 @@ def example_fingerprints(inputs):
     >>> example_fingerprints({"tokens": x}).shape
     (3, 16)
     """
-    leaves = [(path, _canonical(_to_numpy(leaf))) for path, leaf in _flatten(inputs)]
+    leaves = [(path, _canonical(to_numpy(leaf))) for path, leaf in _flatten(inputs)]
     if not leaves:
         raise ValueError("example_fingerprints got an empty structure: there are no input arrays to hash.")
     for path, array in leaves:

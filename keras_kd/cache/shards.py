@@ -11,8 +11,10 @@ Guarantees:
   flushed and `fsync`-ed, then renamed over its final name with `os.replace`, so a reader or a
   resumed build sees the old file or the new one, never a half-written one. If the write fails (a
   full disk, an interrupt) the temporary file is removed and the exception re-raised.
-* Reads are verified. `read_shard` checks the file's size and SHA-256 against the manifest entry
-  before loading it, and raises `CacheCorruptError` on a missing, truncated or altered file.
+* Reads are verified. `read_shard_bytes` checks the file's size (and its SHA-256 unless told not
+  to) against the manifest entry, and `load_shard` parses the bytes that were checked; both raise
+  `CacheCorruptError` on a missing, truncated, altered or unreadable file. `ShardStore` reads
+  shards through them.
 """
 
 import errno
@@ -207,22 +209,6 @@ def read_shard_bytes(directory, entry, verify=True):
         if found != entry.get("sha256"):
             raise corrupt_error(path, f"has the wrong checksum: expected sha256 {entry.get('sha256')}, found {found}")
     return path, data
-
-
-def read_shard(directory, entry):
-    """Reads the shard a manifest entry describes, after checking its size and SHA-256.
-
-    The file is read once into memory, checked, and parsed from that same copy, so what is
-    returned is exactly what was verified. Raises `CacheCorruptError` (a `ValueError`) naming the
-    file, the expected and found size or checksum, and the fix, when the file is missing,
-    truncated or altered.
-    """
-    path, data = read_shard_bytes(directory, entry, verify=True)
-    arrays = load_shard(path, data)
-    lengths = {key: array.shape[0] if array.ndim else None for key, array in arrays.items()}
-    if set(lengths.values()) != {entry.get("examples")}:
-        raise corrupt_error(path, f"does not hold {entry.get('examples')} examples per array as listed: {lengths}")
-    return arrays
 
 
 def write_manifest(directory, manifest):

@@ -68,6 +68,12 @@ def _save(directory, manifest):
     write_manifest(directory, {**ordered, **manifest})
 
 
+def _read_only(array):
+    view = array.view()
+    view.flags.writeable = False
+    return view
+
+
 def _little_endian(array):
     return array.astype(array.dtype.newbyteorder("<")) if array.dtype.byteorder == ">" else array
 
@@ -411,7 +417,21 @@ class ShardStore:
 
     @property
     def num_shards(self):
+        """How many shards the manifest lists (written so far, while building)."""
         return len(self._starts)
+
+    @property
+    def shard_starts(self):
+        """The position of each shard's first example, in manifest order (a read-only int64 array).
+
+        Shard `k` holds the examples `shard_starts[k]` to `shard_ends[k] - 1`.
+        """
+        return _read_only(self._starts)
+
+    @property
+    def shard_ends(self):
+        """One past the position of each shard's last example, in manifest order (a read-only int64 array)."""
+        return _read_only(self._ends)
 
     def read_all(self):
         """Every example as `{key: array}`, in example order, in one array per key.

@@ -16,6 +16,33 @@ def is_in_memory(data):
     return bool(leaves) and all(hasattr(leaf, "shape") and hasattr(leaf, "dtype") for leaf in leaves)
 
 
+def unpack_batch(batch, what="A batch"):
+    """`(x, y, sample_weight)` of data given as `x`, `(x, y)` or `(x, y, sample_weight)`; absent parts are None.
+
+    Only a tuple is unpacked: a list or a dict is the `x` of a model with several inputs (unlike
+    `keras.utils.unpack_x_y_sample_weight`, which unpacks lists too). An empty tuple, or one of
+    more than three elements, is a ValueError that starts with `what`.
+
+    >>> import numpy as np
+    >>> x, y = np.zeros((2, 3)), np.array([0, 1])
+    >>> [part is None for part in unpack_batch((x, y))]
+    [False, False, True]
+    >>> unpack_batch([x, x])[1] is None  # a list: the inputs of a two-input model
+    True
+    >>> unpack_batch((x, y, y, y), what="data")
+    Traceback (most recent call last):
+    ...
+    ValueError: data must be x, (x, y) or (x, y, sample_weight); got a tuple of 4 elements.
+    """
+    if isinstance(batch, tuple):
+        if not 1 <= len(batch) <= 3:
+            raise ValueError(
+                f"{what} must be x, (x, y) or (x, y, sample_weight); got a tuple of {len(batch)} elements."
+            )
+        return tuple(batch) + (None,) * (3 - len(batch))
+    return batch, None, None
+
+
 def batch_size_of(x):
     """The leading dimension of the first array of the structure `x`."""
     return int(np.shape(keras.tree.flatten(x)[0])[0])

@@ -126,12 +126,13 @@ def _model_label(role, model):
 
 
 class TextPipeline:
-    """Maps raw-string batches to the token inputs of a teacher and a student."""
+    """Maps raw-string batches to the token inputs of the teachers and a student (teachers share one tokenization)."""
 
-    def __init__(self, teacher, student):
-        self.teacher = teacher
+    def __init__(self, teachers, student):
+        self.teachers = list(teachers)
+        self.teacher = self.teachers[0]
         self.student = student
-        self.teacher_preprocessor = getattr(teacher, "preprocessor", None)
+        self.teacher_preprocessor = getattr(self.teacher, "preprocessor", None)
         self.student_preprocessor = getattr(student, "preprocessor", None)
         self.token_level = _is_token_level_preprocessor(self.student_preprocessor) or _is_token_level_preprocessor(
             self.teacher_preprocessor
@@ -139,6 +140,14 @@ class TextPipeline:
 
     def check_can_read_strings(self):
         """Raises, naming the model and the fix, when raw strings cannot be tokenized for both models."""
+        for index, teacher in enumerate(self.teachers[1:], start=1):
+            if getattr(teacher, "preprocessor", None) is not self.teacher_preprocessor:
+                raise ValueError(
+                    f"The teachers {self.teacher.name!r} and {teacher.name!r} (teacher[{index}]) have different "
+                    "preprocessors, and a batch of raw strings is tokenized once for all teachers. Give the teachers "
+                    "one preprocessor object, or pass token inputs that every teacher reads "
+                    "(keras_kd.paired_inputs(teacher_tokens, student_tokens) when the student's differ)."
+                )
         if self.student_preprocessor is None:
             raise ValueError(
                 f"{_model_label('student', self.student)} has no preprocessor, so it cannot read the raw "
@@ -191,6 +200,34 @@ class TextPipeline:
                 dataset = dataset.shuffle(int(dataset.cardinality()), reshuffle_each_iteration=True)
             dataset = dataset.batch(batch_size or 32)
         return dataset.map(self.preprocess_samples, num_parallel_calls=tf.data.AUTOTUNE).prefetch(tf.data.AUTOTUNE)
+
+    def fit_arguments(
+        self, x, y, sample_weight, batch_size, shuffle, validation_data, validation_split, validation_batch_size
+    ):
+        """`fit`'s data arguments with raw strings replaced by preprocessed datasets (others unchanged).
+
+        Returns `(x, y, sample_weight, batch_size, shuffle, validation_data, validation_split,
+        validation_batch_size)`: training strings become one shuffled, batched dataset (so `y`,
+        `sample_weight` and `batch_size` become None and `shuffle` False), `validation_split` is
+        taken before shuffling, and validation strings become a dataset batched like the training data.
+        """
+        if holds_strings(x):
+            if validation_split and validation_data is None:
+                (x, y, sample_weight), validation_data = self.split(x, y, sample_weight, validation_split)
+                validation_split = 0.0
+            x = self.dataset(x, y, sample_weight, batch_size, shuffle=shuffle)
+            y = sample_weight = None
+            shuffle = False  # done above, per example; Keras would warn that a dataset is not shuffled
+            validation_batch_size = validation_batch_size or batch_size
+            batch_size = None
+        if holds_strings(validation_data):
+            if is_dataset(validation_data):
+                validation_data = self.dataset(validation_data)
+            else:
+                vx, vy, vsw = unpack_x_y_sample_weight(tuple(validation_data))
+                validation_data = self.dataset(vx, vy, vsw, validation_batch_size or batch_size)
+            validation_batch_size = None
+        return x, y, sample_weight, batch_size, shuffle, validation_data, validation_split, validation_batch_size
 
     def input_dataset(self, x, batch_size=None):
         """A batched dataset of what the student reads, for `predict`."""

@@ -8,7 +8,7 @@ exist before the first compiled step.
 from collections import Counter
 
 from keras_kd.features import layer_paths
-from keras_kd.features.capture import captured_output, install_tap
+from keras_kd.features.capture import capture, captured_output
 from keras_kd.features.pairs import Hint, LayerPair
 
 
@@ -33,6 +33,11 @@ class BoundPairs:
     """
 
     def __init__(self, pairs, teacher, student, teacher_cache=None):
+        if not isinstance(pairs, (list, tuple)):
+            raise TypeError(
+                f"pairs must be a list of keras_kd.LayerPair objects, got {type(pairs).__name__}. Wrap a single "
+                "pair in a list: pairs=[pair]."
+            )
         for pair in pairs:
             if not isinstance(pair, LayerPair):
                 raise TypeError(
@@ -54,9 +59,6 @@ class BoundPairs:
         else:
             teacher_shapes = [[(None, *teacher_cache.feature_shape(t)) for t, _ in p.layer_pairs] for p in pairs]
         student_shapes = self._shapes(student, self.student_layers, "student")
-        for layers in self.teacher_layers + self.student_layers:
-            for layer in layers:
-                install_tap(layer)
         for pair, t_shapes, s_shapes in zip(self.pairs, teacher_shapes, student_shapes):
             pair.bind(t_shapes, s_shapes)
 
@@ -77,6 +79,14 @@ class BoundPairs:
                 pair_shapes.append(shape)
             result.append(pair_shapes)
         return result
+
+    def capture(self, role):
+        """`with pairs.capture(role) as captured:` records the outputs of `role`'s paired layers in one forward pass.
+
+        The layers are wrapped only inside the block (see `keras_kd.features.capture`).
+        """
+        layers_per_pair = self.teacher_layers if role == "teacher" else self.student_layers
+        return capture([layer for layers in layers_per_pair for layer in layers])
 
     def features(self, captured, role):
         """Per pair, the captured outputs of its layers in `role`'s forward pass."""

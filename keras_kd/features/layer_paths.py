@@ -11,7 +11,7 @@ import difflib
 
 import keras
 
-from keras_kd.features.capture import capture, install_tap
+from keras_kd.features.capture import capture
 
 
 def sublayers(layer):
@@ -104,7 +104,7 @@ def output_shapes(model, layers, role):
 
     Read off the model's graph where the layer has one (Functional, Sequential,
     KerasHub); otherwise (subclassed models) found by running the model
-    symbolically on the shape it was built with, through the taps.
+    symbolically on the shape it was built with, capturing the layers' outputs.
     """
     shapes, missing = {}, []
     for layer in layers:
@@ -139,10 +139,8 @@ def _probe_output_shapes(model, layers, role):
             "Functional model with keras.Input."
         )
     input_shape = tuple(build_shapes.values())[0]
-    for layer in layers:
-        install_tap(layer)
     symbolic = keras.tree.map_shape_structure(lambda s: keras.KerasTensor((None, *s[1:])), input_shape)
-    with capture() as outputs:
+    with capture(layers) as outputs:
         model.compute_output_spec(symbolic)
         shapes = {}
         for layer in layers:

@@ -2,8 +2,8 @@
 
 A pair is a `keras.layers.Layer` only so that the distiller tracks, trains and
 saves what it owns (a `Hint`'s regressor) and serializes it with its config; it
-is never called on data. The distiller resolves the layer paths, taps the
-layers, and calls `bind(teacher_shapes, student_shapes)` once at construction,
+is never called on data. The distiller resolves the layer paths (`keras_kd.features.binding`)
+and calls `bind(teacher_shapes, student_shapes)` once at construction,
 then `compute(teacher_features, student_features, sample_weight)` every step
 with the outputs captured during the one forward pass of each model.
 
@@ -13,7 +13,6 @@ included), named `<kind>_loss`; a kind used more than once is numbered
 """
 
 import inspect
-import math
 
 import keras
 from keras import ops
@@ -26,16 +25,11 @@ from keras_kd.losses import (
     rkd_angle_loss,
     rkd_distance_loss,
 )
-from keras_kd.losses._reduction import weighted_mean
+from keras_kd.losses._common import check_number, weighted_mean
+from keras_kd.losses.attention import indivisible_sizes
 
 # keras.layers.Layer arguments a pair accepts through **kwargs but could not apply (it is never called).
 _LAYER_KWARGS_NOT_APPLIED = ("dtype", "trainable", "autocast", "activity_regularizer")
-
-
-def _check_weight(name, value, owner):
-    if isinstance(value, bool) or not isinstance(value, (int, float)) or not math.isfinite(value) or value < 0:
-        raise ValueError(f"{owner}: {name} must be a finite number >= 0, got {value!r}.")
-    return float(value)
 
 
 def _check_path(value, role, owner):
@@ -91,7 +85,7 @@ class LayerPair(keras.layers.Layer):
         self.layer_pairs = [
             (_check_path(teacher_layer, "teacher", owner), _check_path(student_layer, "student", owner))
         ]
-        self.weight = _check_weight("weight", weight, owner)
+        self.weight = check_number(f"{owner}: weight", weight)
         self.log_kind = name or self.kind
         self.loss = loss
         if type(self) is LayerPair:
@@ -273,9 +267,7 @@ class AttentionTransfer(LayerPair):
             (_check_path(t, "teacher", "AttentionTransfer"), _check_path(s, "student", "AttentionTransfer"))
             for t, s in layer_pairs
         ]
-        self.p = _check_weight("p", p, "AttentionTransfer")
-        if self.p <= 0:
-            raise ValueError(f"AttentionTransfer: p must be > 0, got {p!r}.")
+        self.p = check_number("AttentionTransfer: p", p, positive=True)
 
     def bind(self, teacher_shapes, student_shapes):
         for index, (teacher_shape, student_shape) in enumerate(zip(teacher_shapes, student_shapes)):
@@ -291,15 +283,12 @@ class AttentionTransfer(LayerPair):
                     f"{self.describe(index)}: the teacher's map {tuple(teacher_shape)} and the student's "
                     f"{tuple(student_shape)} have different ranks. Pair maps with the same spatial axes."
                 )
-            for t_size, s_size in zip(teacher_shape[1:-1], student_shape[1:-1]):
-                if None in (t_size, s_size):
-                    continue
-                if max(t_size, s_size) % min(t_size, s_size):
-                    raise ValueError(
-                        f"{self.describe(index)}: the spatial sizes of the teacher's map {tuple(teacher_shape)} and "
-                        f"the student's {tuple(student_shape)} differ by a non-integer factor, so one cannot be "
-                        "pooled onto the other. Pair maps whose sizes divide."
-                    )
+            if indivisible_sizes(teacher_shape, student_shape):
+                raise ValueError(
+                    f"{self.describe(index)}: the spatial sizes of the teacher's map {tuple(teacher_shape)} and "
+                    f"the student's {tuple(student_shape)} differ by a non-integer factor, so one cannot be "
+                    "pooled onto the other. Pair maps whose sizes divide."
+                )
         self.built = True
 
     def compute(self, teacher_features, student_features, sample_weight=None):
@@ -345,8 +334,8 @@ class Relational(LayerPair):
                 "not be applied. Scale distance_weight and angle_weight instead."
             )
         super().__init__(teacher_layer, student_layer, weight=1.0, name=name, **kwargs)
-        self.distance_weight = _check_weight("distance_weight", distance_weight, "Relational")
-        self.angle_weight = _check_weight("angle_weight", angle_weight, "Relational")
+        self.distance_weight = check_number("Relational: distance_weight", distance_weight)
+        self.angle_weight = check_number("Relational: angle_weight", angle_weight)
         if self.distance_weight == 0 and self.angle_weight == 0:
             raise ValueError(
                 "Relational: distance_weight and angle_weight are both 0, so the term would be 0. Give one of them a "

@@ -1,6 +1,7 @@
 """Distillation losses: pure functions over `keras.ops`, each with a `keras.losses.Loss` wrapper."""
 
 from keras_kd.losses.attention import AttentionTransferLoss, attention_map, attention_transfer_loss
+from keras_kd.losses.base import SoftLoss
 from keras_kd.losses.dkd import DKD, dkd, dkd_loss, dkd_terms
 from keras_kd.losses.features import CosineEmbeddingLoss, HintLoss, cosine_embedding_loss, hint_loss
 from keras_kd.losses.logits import (
@@ -27,6 +28,7 @@ __all__ = [
     "RKDAngleLoss",
     "RKDDistanceLoss",
     "ReverseKL",
+    "SoftLoss",
     "SoftTargetLoss",
     "attention_map",
     "attention_transfer_loss",

@@ -1,12 +1,11 @@
 """Attention transfer (Zagoruyko & Komodakis, 2017): match where the feature maps are active."""
 
-import math
 import numbers
 
 import keras
 from keras import ops
 
-from keras_kd.losses._reduction import check_reduction, weighted_mean
+from keras_kd.losses._common import check_reduction, flatten_examples, weighted_mean
 from keras_kd.losses.features import unit_vectors
 
 
@@ -23,15 +22,6 @@ def _check_feature_map(shape, name):
             "vectors (batch, width) use Hint (or hint_loss) or Relational (rkd_distance_loss, "
             "rkd_angle_loss) instead."
         )
-
-
-def _flatten_positions(x):
-    """`(batch, ...spatial)` -> `(batch, positions)`, with a dynamic batch size if need be."""
-    spatial = tuple(x.shape[1:])
-    if all(d is not None for d in spatial):
-        return ops.reshape(x, (-1, math.prod(spatial)))
-    batch = x.shape[0] if x.shape[0] is not None else ops.shape(x)[0]
-    return ops.reshape(x, (batch, -1))
 
 
 def attention_map(features, p=2):
@@ -65,7 +55,7 @@ def attention_map(features, p=2):
     features = ops.cast(features, "float32")
     _check_feature_map(tuple(features.shape), "features")
     energy = ops.square(features) if p == 2 else ops.power(ops.abs(features), p)
-    return unit_vectors(_flatten_positions(ops.mean(energy, axis=-1)))
+    return unit_vectors(flatten_examples(ops.mean(energy, axis=-1)))  # (batch, positions)
 
 
 def _average_pool(x, target):
@@ -82,6 +72,18 @@ def _average_pool(x, target):
     return ops.mean(x, axis=tuple(range(2, 2 * len(spatial) + 1, 2)))
 
 
+def indivisible_sizes(teacher_shape, student_shape):
+    """The first spatial sizes `(t, s)`, both known, of which neither is a multiple of the other; else None.
+
+    Attention transfer average-pools the larger map onto the smaller one, axis by axis, which
+    needs each larger size to be an integer multiple of the smaller (shapes are channels last).
+    """
+    for t, s in zip(teacher_shape[1:-1], student_shape[1:-1]):
+        if t is not None and s is not None and max(t, s) % min(t, s):
+            return t, s
+    return None
+
+
 def _match_spatial(teacher, student):
     """Average-pools whichever map is larger, axis by axis, to the smaller spatial size."""
     t_shape, s_shape = tuple(teacher.shape), tuple(student.shape)
@@ -95,14 +97,15 @@ def _match_spatial(teacher, student):
         return teacher, student  # sizes unknown until run time: they must then be equal
     if t_spatial == s_spatial:
         return teacher, student
-    for t, s in zip(t_spatial, s_spatial):
-        if max(t, s) % min(t, s):
-            raise ValueError(
-                f"Attention transfer average-pools the larger feature map to the smaller one, which "
-                f"needs spatial sizes that are integer multiples of each other; got teacher {t_shape} "
-                f"and student {s_shape} ({max(t, s)} is not a multiple of {min(t, s)}). Pair layers "
-                "whose spatial sizes divide, or resize one side (pooling/upsampling/cropping) first."
-            )
+    indivisible = indivisible_sizes(t_shape, s_shape)
+    if indivisible:
+        t, s = indivisible
+        raise ValueError(
+            f"Attention transfer average-pools the larger feature map to the smaller one, which "
+            f"needs spatial sizes that are integer multiples of each other; got teacher {t_shape} "
+            f"and student {s_shape} ({max(t, s)} is not a multiple of {min(t, s)}). Pair layers "
+            "whose spatial sizes divide, or resize one side (pooling/upsampling/cropping) first."
+        )
     target = tuple(min(t, s) for t, s in zip(t_spatial, s_spatial))
     return _average_pool(teacher, target), _average_pool(student, target)
 

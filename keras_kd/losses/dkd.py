@@ -27,46 +27,28 @@ logit before a softmax; that is the same whenever the tempered logits span less 
 `T = 1`).
 """
 
-import numbers
 import warnings
 
 import keras
 from keras import ops
 
-from keras_kd.losses._reduction import check_reduction, weighted_mean
-from keras_kd.losses.features import _broadcast_weights
-from keras_kd.validation import label_kind
+from keras_kd.losses._common import check_number, check_reduction, check_temperature, label_kind, weighted_mean
+from keras_kd.losses.base import SoftLoss
 
 # Replaces the target class's log-probability inside the non-target log-sum-exp: exp() of it is 0.
 _EXCLUDED_LOG_PROB = -1e9
 
 
-def _check_temperature(temperature):
-    if isinstance(temperature, (int, float)) and not temperature > 0:
-        raise ValueError(
-            f"temperature must be > 0, got {temperature}. The DKD paper uses T = 4 on CIFAR-100 and T = 1 on ImageNet."
-        )
+_TEMPERATURE_ADVICE = "The DKD paper uses T = 4 on CIFAR-100 and T = 1 on ImageNet."
 
 
 def _check_weight(name, value):
-    if isinstance(value, bool) or not isinstance(value, numbers.Real):
-        raise TypeError(f"DKD's {name} must be a number, got {value!r} ({type(value).__name__}).")
-    if not 0.0 <= float(value) < float("inf"):
-        raise ValueError(
-            f"DKD's {name} must be a finite number >= 0, got {value}. alpha weights TCKD (the target class's "
-            "probability), beta weights NCKD (the distribution over the other classes); the paper uses alpha=1, "
-            "beta=8 on CIFAR-100."
-        )
-    return float(value)
-
-
-def _check_warmup_epochs(value):
-    if isinstance(value, bool) or not isinstance(value, int) or value < 0:
-        raise ValueError(
-            f"warmup_epochs must be an integer >= 0, got {value!r}. The paper ramps the DKD loss weight linearly "
-            "over the first 20 of 240 epochs on CIFAR-100; 0 turns the warm-up off."
-        )
-    return value
+    return check_number(
+        f"DKD's {name}",
+        value,
+        advice=" alpha weights TCKD (the target class's probability), beta weights NCKD (the distribution over the "
+        "other classes); the paper uses alpha=1, beta=8 on CIFAR-100.",
+    )
 
 
 def target_mask(labels, logits):
@@ -198,7 +180,7 @@ def dkd_loss(
     >>> float(dkd_loss(t, t, labels=np.array([0])))
     0.0
     """
-    _check_temperature(temperature)
+    check_temperature(temperature, _TEMPERATURE_ADVICE)
     alpha, beta = _check_weight("alpha", alpha), _check_weight("beta", beta)
     check_reduction(reduction)
     values = dkd(teacher_logits, student_logits, labels, alpha, beta, temperature)
@@ -206,7 +188,7 @@ def dkd_loss(
 
 
 @keras.saving.register_keras_serializable(package="keras_kd")
-class DKD(keras.losses.Loss):
+class DKD(SoftLoss):
     """`keras.losses.Loss` form of `dkd_loss`, and a `soft_loss` for `keras_kd.Distiller`.
 
     As a Keras loss, `y_true` is the pair `(labels, teacher_logits)` and `y_pred` the
@@ -253,18 +235,16 @@ class DKD(keras.losses.Loss):
         name="dkd",
         **kwargs,
     ):
-        _check_temperature(temperature)
-        super().__init__(name=name, reduction=reduction, **kwargs)
+        check_temperature(temperature, _TEMPERATURE_ADVICE)
+        super().__init__(
+            temperature=temperature,
+            warmup_epochs=warmup_epochs,
+            reduction=reduction,
+            name=name,
+            **kwargs,
+        )
         self.alpha = _check_weight("alpha", alpha)
         self.beta = _check_weight("beta", beta)
-        self.temperature = temperature
-        self.warmup_epochs = _check_warmup_epochs(warmup_epochs)
-
-    def warmup_weight(self, epoch):
-        """The weight of the DKD term in epoch `epoch` (from 0): `min((epoch + 1) / warmup_epochs, 1)`."""
-        if not self.warmup_epochs:
-            return 1.0
-        return min((int(epoch) + 1) / self.warmup_epochs, 1.0)
 
     def per_position(self, teacher_logits, student_logits, temperature=None, labels=None):
         """Unreduced `alpha * TCKD + beta * NCKD`; `temperature=None` uses `self.temperature`."""
@@ -275,10 +255,6 @@ class DKD(keras.losses.Loss):
             )
         temperature = self.temperature if temperature is None else temperature
         return dkd(teacher_logits, student_logits, labels, self.alpha, self.beta, temperature)
-
-    def __call__(self, y_true, y_pred, sample_weight=None):
-        # Per-example weights (batch,) broadcast over the positions of sequence logits, as in `dkd_loss`.
-        return super().__call__(y_true, y_pred, _broadcast_weights(sample_weight, y_pred))
 
     def call(self, y_true, y_pred):
         """Unreduced DKD values; `y_true` is the pair `(labels, teacher_logits)`, `y_pred` the student's logits."""

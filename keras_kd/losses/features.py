@@ -4,7 +4,7 @@ cosine hidden-state loss of DistilBERT (Sanh et al., 2019)."""
 import keras
 from keras import ops
 
-from keras_kd.losses._reduction import align_weights, check_reduction, weighted_mean
+from keras_kd.losses._common import align_weights, check_reduction, shapes_match, weighted_mean
 
 # Vectors shorter than this (in L2 norm) count as zero vectors: see `unit_vectors`.
 NORM_EPSILON = 1e-12
@@ -25,10 +25,6 @@ def unit_vectors(x, axis=-1, epsilon=NORM_EPSILON):
     return ops.where(nonzero, x * ops.rsqrt(safe), ops.zeros_like(x))
 
 
-def _shape(x):
-    return tuple(getattr(x, "shape", ()) or ())
-
-
 def _broadcast_weights(sample_weight, features):
     """Per-example or per-position weights, broadcast to the per-position values `features[..., 0]`.
 
@@ -40,6 +36,13 @@ def _broadcast_weights(sample_weight, features):
         return None
     values = ops.convert_to_tensor(features)[..., 0]
     return ops.broadcast_to(align_weights(sample_weight, values), ops.shape(values))
+
+
+class _PositionWeightedLoss(keras.losses.Loss):
+    """A `keras.losses.Loss` whose sample weights are broadcast over positions first (see `_broadcast_weights`)."""
+
+    def __call__(self, y_true, y_pred, sample_weight=None):
+        return super().__call__(y_true, y_pred, _broadcast_weights(sample_weight, y_pred))
 
 
 def hint_loss(teacher_features, student_features, sample_weight=None, reduction="sum_over_batch_size"):
@@ -74,10 +77,8 @@ def hint_loss(teacher_features, student_features, sample_weight=None, reduction=
     check_reduction(reduction)
     teacher_features = ops.cast(teacher_features, "float32")
     student_features = ops.cast(student_features, "float32")
-    t_shape, s_shape = _shape(teacher_features), _shape(student_features)
-    if len(t_shape) != len(s_shape) or any(
-        a is not None and b is not None and a != b for a, b in zip(t_shape, s_shape)
-    ):
+    t_shape, s_shape = tuple(teacher_features.shape), tuple(student_features.shape)
+    if not shapes_match(t_shape, s_shape):
         raise ValueError(
             f"hint_loss needs teacher and student features of the same shape, got teacher "
             f"{t_shape} and student {s_shape}. Project the student features to the teacher's "
@@ -131,7 +132,7 @@ def cosine_embedding_loss(teacher_hidden, student_hidden, mask=None):
 
 
 @keras.saving.register_keras_serializable(package="keras_kd")
-class HintLoss(keras.losses.Loss):
+class HintLoss(_PositionWeightedLoss):
     """`keras.losses.Loss` form of `hint_loss`: `y_true` holds the teacher's features.
 
     Example:
@@ -145,16 +146,13 @@ class HintLoss(keras.losses.Loss):
     def __init__(self, reduction="sum_over_batch_size", name="hint_loss", **kwargs):
         super().__init__(name=name, reduction=reduction, **kwargs)
 
-    def __call__(self, y_true, y_pred, sample_weight=None):
-        return super().__call__(y_true, y_pred, _broadcast_weights(sample_weight, y_pred))
-
     def call(self, y_true, y_pred):
         """Per-example (or per-position) mean squared difference over the last axis, in float32."""
         return ops.mean(ops.square(ops.cast(y_true, "float32") - ops.cast(y_pred, "float32")), axis=-1)
 
 
 @keras.saving.register_keras_serializable(package="keras_kd")
-class CosineEmbeddingLoss(keras.losses.Loss):
+class CosineEmbeddingLoss(_PositionWeightedLoss):
     """`keras.losses.Loss` form of `cosine_embedding_loss`: `y_true` holds the teacher's hidden states.
 
     A mask goes in as `sample_weight`; the default reduction,
@@ -170,9 +168,6 @@ class CosineEmbeddingLoss(keras.losses.Loss):
 
     def __init__(self, reduction="mean_with_sample_weight", name="cosine_embedding_loss", **kwargs):
         super().__init__(name=name, reduction=reduction, **kwargs)
-
-    def __call__(self, y_true, y_pred, sample_weight=None):
-        return super().__call__(y_true, y_pred, _broadcast_weights(sample_weight, y_pred))
 
     def call(self, y_true, y_pred):
         """Per-example (or per-position) `1 - cos(y_true, y_pred)` over the last axis, in float32."""

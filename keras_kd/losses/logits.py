@@ -13,16 +13,8 @@ import numbers
 import keras
 from keras import ops
 
-from keras_kd.losses._reduction import check_reduction, weighted_mean
-from keras_kd.losses.features import _broadcast_weights
-
-
-def _check_temperature(temperature):
-    if isinstance(temperature, (int, float)) and not temperature > 0:
-        raise ValueError(
-            f"temperature must be > 0, got {temperature}. Typical values are 1 to 20; "
-            "T = 1 compares the plain softmax distributions."
-        )
+from keras_kd.losses._common import check_reduction, check_temperature, weighted_mean
+from keras_kd.losses.base import SoftLoss
 
 
 def _check_beta(beta):
@@ -105,7 +97,7 @@ def soft_target_loss(
     >>> round(float(soft_target_loss(t, np.zeros((1, 3)), temperature=1.0)), 4)
     0.2519
     """
-    _check_temperature(temperature)
+    check_temperature(temperature)
     check_reduction(reduction)
     values = soft_target_kl(teacher_logits, student_logits, temperature)
     return weighted_mean(values, sample_weight, reduction)
@@ -172,7 +164,7 @@ def reverse_kl_loss(
     >>> round(float(reverse_kl_loss(t, np.zeros((1, 3)))), 4)
     0.2851
     """
-    _check_temperature(temperature)
+    check_temperature(temperature)
     check_reduction(reduction)
     values = reverse_kl(teacher_logits, student_logits, temperature)
     return weighted_mean(values, sample_weight, reduction)
@@ -273,32 +265,23 @@ def generalized_jsd_loss(
     0.2851
     """
     _check_beta(beta)
-    _check_temperature(temperature)
+    check_temperature(temperature)
     check_reduction(reduction)
     values = generalized_jsd(teacher_logits, student_logits, beta, temperature)
     return weighted_mean(values, sample_weight, reduction)
 
 
-class _TemperedLoss(keras.losses.Loss):
+class _TemperedLoss(SoftLoss):
     """Shared by the soft-loss classes: `per_position` at any temperature, `call` at their own."""
 
     def __init__(self, temperature, reduction, name, **kwargs):
-        _check_temperature(temperature)
-        super().__init__(name=name, reduction=reduction, **kwargs)
-        self.temperature = temperature
+        check_temperature(temperature)
+        super().__init__(temperature=temperature, reduction=reduction, name=name, **kwargs)
 
-    def __call__(self, y_true, y_pred, sample_weight=None):
-        # Per-example weights (batch,) broadcast over the positions of sequence logits, as in the functions.
-        return super().__call__(y_true, y_pred, _broadcast_weights(sample_weight, y_pred))
-
-    def per_position(self, teacher_logits, student_logits, temperature=None):
-        """Unreduced values; `temperature=None` uses `self.temperature`."""
+    def per_position(self, teacher_logits, student_logits, temperature=None, labels=None):
+        """Unreduced values; `temperature=None` uses `self.temperature`; `labels` are not read."""
         temperature = self.temperature if temperature is None else temperature
         return self._values(teacher_logits, student_logits, temperature)
-
-    def call(self, y_true, y_pred):
-        """Unreduced values at `self.temperature`; `y_true` holds the teacher's logits, `y_pred` the student's."""
-        return self.per_position(y_true, y_pred, self.temperature)
 
     def get_config(self):
         """The `keras.losses.Loss` config plus `temperature`."""

@@ -2,28 +2,15 @@
 the examples of a batch rather than the embeddings themselves."""
 
 import collections
-import math
 
 import keras
 from keras import ops
 
-from keras_kd.losses._reduction import weighted_mean
+from keras_kd.losses._common import flatten_examples, weighted_mean
 from keras_kd.losses.features import unit_vectors
 
 # Squared distances at or below this count as zero (the diagonal, duplicate examples).
 DISTANCE_EPSILON = 1e-12
-
-
-def _flatten_examples(x):
-    """`(batch, ...)` -> float32 `(batch, features)`."""
-    x = ops.cast(x, "float32")
-    rest = tuple(x.shape[1:])
-    if len(rest) == 1:
-        return x
-    if all(d is not None for d in rest):
-        return ops.reshape(x, (-1, math.prod(rest)))
-    batch = x.shape[0] if x.shape[0] is not None else ops.shape(x)[0]
-    return ops.reshape(x, (batch, -1))
 
 
 def _check_batch(teacher, student):
@@ -56,7 +43,7 @@ def _example_weights(sample_weight):
     if len(weight.shape) == 0:
         raise ValueError("sample_weight must have one weight per example, (batch,), got a scalar.")
     if len(weight.shape) > 1:
-        weight = ops.max(_flatten_examples(weight), axis=1)
+        weight = ops.max(flatten_examples(weight), axis=1)
     return weight
 
 
@@ -129,8 +116,8 @@ def rkd_distance_loss(teacher_embeddings, student_embeddings, sample_weight=None
     >>> round(float(rkd_distance_loss(t, s)), 4)
     0.1075
     """
-    teacher = _flatten_examples(teacher_embeddings)
-    student = _flatten_examples(student_embeddings)
+    teacher = flatten_examples(ops.cast(teacher_embeddings, "float32"))
+    student = flatten_examples(ops.cast(student_embeddings, "float32"))
     _check_batch(teacher, student)
     off_diagonal = _off_diagonal(teacher)
     pair_weight = off_diagonal
@@ -196,8 +183,8 @@ def rkd_angle_loss(teacher_embeddings, student_embeddings, sample_weight=None):
     >>> round(float(rkd_angle_loss(t, s)), 4)
     0.0086
     """
-    teacher = _flatten_examples(teacher_embeddings)
-    student = _flatten_examples(student_embeddings)
+    teacher = flatten_examples(ops.cast(teacher_embeddings, "float32"))
+    student = flatten_examples(ops.cast(student_embeddings, "float32"))
     _check_batch(teacher, student)
     off_diagonal = _off_diagonal(teacher)
     triplet_weight = off_diagonal[:, :, None] * off_diagonal[:, None, :]  # [j, i, k]: i != j, k != j

@@ -36,8 +36,8 @@ import math
 
 from keras import ops
 
-from keras_kd.losses._reduction import check_reduction, weighted_mean
-from keras_kd.losses.logits import _check_temperature, _kl
+from keras_kd.losses._common import check_reduction, check_temperature, weighted_mean
+from keras_kd.losses.logits import _kl
 
 
 def check_top_k(top_k, vocabulary_size):
@@ -153,7 +153,7 @@ def top_k_soft_target_loss(
     >>> round(sparse, 4), round(dense, 4)  # the student's tail is uniform like the teacher's: equal
     (2.5064, 2.5064)
     """
-    _check_temperature(temperature)
+    check_temperature(temperature)
     check_reduction(reduction)
     values = top_k_soft_target_kl(teacher_top_k, student_logits, temperature)
     return weighted_mean(values, sample_weight, reduction)

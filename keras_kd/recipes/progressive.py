@@ -9,7 +9,6 @@ the next, and so on down to the student. `progressive` runs that chain with one
 """
 
 import contextlib
-import numbers
 import os
 import shutil
 import tempfile
@@ -21,7 +20,7 @@ import numpy as np
 from keras_kd import validation as checks
 from keras_kd.cache.fingerprints import teacher_fingerprint
 from keras_kd.cache.teacher_cache import TeacherCache
-from keras_kd.data.arrays import is_in_memory
+from keras_kd.data.arrays import batch_size_of, dataset_batches, is_in_memory, unpack_batch
 from keras_kd.distiller import Distiller
 from keras_kd.features.pairs import LayerPair
 
@@ -245,12 +244,8 @@ def _check_students(teacher, students):
     return list(students)
 
 
-def _is_int(value):
-    return isinstance(value, numbers.Integral) and not isinstance(value, bool)
-
-
 def _check_epochs(value, count):
-    if _is_int(value):
+    if checks.is_integer(value):
         values = [value] * count
     elif isinstance(value, (list, tuple)):
         if len(value) != count:
@@ -262,8 +257,8 @@ def _check_epochs(value, count):
     else:
         raise TypeError(f"epochs_per_stage must be an int or a list of {count} ints, got {value!r}.")
     for i, epochs in enumerate(values):
-        if not _is_int(epochs) or epochs < 1:
-            where = "epochs_per_stage" if _is_int(value) else f"epochs_per_stage[{i}]"
+        if not checks.is_integer(epochs) or epochs < 1:
+            where = "epochs_per_stage" if checks.is_integer(value) else f"epochs_per_stage[{i}]"
             raise ValueError(f"{where} must be an int >= 1 (epochs of stage {i + 1}), got {epochs!r}.")
     return [int(epochs) for epochs in values]
 
@@ -271,7 +266,7 @@ def _check_epochs(value, count):
 def _has_labels(data):
     """Whether `data` carries labels, as far as can be told without reading it (else True)."""
     if is_in_memory(data):
-        return _unpack(data)[1] is not None
+        return unpack_batch(data, what="data")[1] is not None
     if isinstance(data, keras.utils.PyDataset) and len(data):
         batch = data[0]
         return isinstance(batch, tuple) and len(batch) > 1
@@ -359,18 +354,10 @@ def _stage_directory(cache_root, stage):
         shutil.rmtree(root, ignore_errors=True)
 
 
-def _unpack(data):
-    if isinstance(data, tuple):
-        if not 1 <= len(data) <= 3:
-            raise ValueError(f"data must be x, (x, y) or (x, y, sample_weight); got a tuple of {len(data)} elements.")
-        return tuple(data) + (None,) * (3 - len(data))
-    return data, None, None
-
-
 def _online_fit_args(data, validation_data, batch_size, shuffle, in_memory):
     if not in_memory:
         return {"x": data, "validation_data": validation_data, "shuffle": shuffle}
-    x, y, sample_weight = _unpack(data)
+    x, y, sample_weight = unpack_batch(data, what="data")
     return {
         "x": x,
         "y": y,
@@ -407,14 +394,8 @@ def _cached_fit_args(teacher, data, validation_data, pairs, directory, batch_siz
 
 
 def _first_batch_size(data):
-    if isinstance(data, keras.utils.PyDataset):
-        batch = data[0]
-    elif hasattr(data, "take"):
-        batch = next(iter(data.take(1)))
-    else:
-        batch = next(iter(data))
-    x = batch[0] if isinstance(batch, tuple) else batch
-    return int(np.shape(keras.tree.flatten(x)[0])[0])
+    batch = next(dataset_batches(data, "data", "in-memory arrays"))
+    return batch_size_of(batch[0] if isinstance(batch, tuple) else batch)
 
 
 def _fresh(compile_kwargs):

@@ -196,7 +196,7 @@ def _input_batches(unlabeled, batch_size, in_memory):
         if isinstance(unlabeled, tuple):
             raise _labels_error(f"it is a tuple of {len(unlabeled)} arrays, which Keras reads as (x, y, ...)")
         batch_size = 32 if batch_size is None else batch_size
-        if not isinstance(batch_size, numbers.Integral) or isinstance(batch_size, bool) or batch_size < 1:
+        if not checks.is_integer(batch_size) or batch_size < 1:
             raise ValueError(f"batch_size must be an int >= 1, got {batch_size!r}.")
         total = batch_size_of(unlabeled)
         for start in range(0, total, batch_size):

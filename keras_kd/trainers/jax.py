@@ -17,7 +17,7 @@ import keras
 from keras import StatelessScope
 from keras.utils import unpack_x_y_sample_weight
 
-from keras_kd.trainers.entry_points import CheckedEntryPoints
+from keras_kd.trainers.base import StepContract
 
 
 def _current_values(scope, variables, values):
@@ -78,13 +78,9 @@ def check_distribution_placement(model, method):
     )
 
 
-class DistillationSteps(CheckedEntryPoints):
-    def check_entry(self, method):
+class DistillationSteps(StepContract):
+    def _check_entry(self, method):
         check_distribution_placement(self, method)
-
-    def per_replica_value(self, compiled_loss_value):
-        """A value from a `keras.losses.Loss` object on the scale of the distiller's own terms (unchanged here)."""
-        return compiled_loss_value
 
     def _model_scope(self, trainable_values, non_trainable_values):
         mapping = list(zip(self.trainable_variables, trainable_values))
@@ -93,29 +89,26 @@ class DistillationSteps(CheckedEntryPoints):
 
     def _teacher_outputs(self, trainable_values, non_trainable_values, x):
         with self._model_scope(trainable_values, non_trainable_values) as scope:
-            outputs = jax.lax.stop_gradient(self.teacher_forward(x))
+            outputs = jax.lax.stop_gradient(self._teacher_forward(x))
         return outputs, _current_values(scope, self.non_trainable_variables, non_trainable_values)
 
     def _student_loss(self, trainable_values, non_trainable_values, x, y, sample_weight, teacher_outputs, training):
-        teacher_logits, teacher_features = teacher_outputs
         with self._model_scope(trainable_values, non_trainable_values) as scope:
-            student_logits, student_features = self.student_forward(x, training=training)
-            loss, terms = self.compute_distillation_loss(
-                y, student_logits, teacher_logits, sample_weight, teacher_features, student_features, inputs=x
-            )
+            student_outputs = self._student_forward(x, training=training)
+            loss, terms = self._objective(x, y, sample_weight, teacher_outputs, student_outputs)
         non_trainable_values = _current_values(scope, self.non_trainable_variables, non_trainable_values)
-        return loss, (terms, student_logits, non_trainable_values)
+        return loss, (terms, student_outputs[0], non_trainable_values)
 
     def _scaled_student_loss(self, trainable_values, non_trainable_values, optimizer_values, *args):
         loss, aux = self._student_loss(trainable_values, non_trainable_values, *args, training=True)
         with StatelessScope(state_mapping=list(zip(self.optimizer.variables, optimizer_values))):
-            scaled_loss = self.optimizer.scale_loss(loss)
+            scaled_loss = self._objective.loss_for_gradients(loss, self.optimizer)
         return scaled_loss, (loss, aux)
 
     def _metrics_update(self, metrics_values, loss, terms, x, y, student_logits, sample_weight):
         mapping = list(zip(self.metrics_variables, metrics_values))
         with StatelessScope(state_mapping=mapping) as scope:
-            logs = self.update_distillation_metrics(loss, terms, x, y, student_logits, sample_weight)
+            logs = self._update_metrics(loss, terms, x, y, student_logits, sample_weight)
         return logs, _current_values(scope, self.metrics_variables, metrics_values)
 
     def train_step(self, state, data):
@@ -132,7 +125,7 @@ class DistillationSteps(CheckedEntryPoints):
             trainable_values, non_trainable_values, optimizer_values, x, y, sample_weight, teacher_outputs
         )
         with self._model_scope(trainable_values, non_trainable_values):
-            gradients = self.mask_gradients(gradients)
+            gradients = self._objective.mask_gradients(gradients, self.trainable_variables)
         trainable_values, optimizer_values = self.optimizer.stateless_apply(
             optimizer_values, gradients, trainable_values
         )

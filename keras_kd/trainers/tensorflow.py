@@ -4,7 +4,7 @@ Under `tf.distribute` every replica computes its loss on its own slice of the
 batch and the optimizer sums the replicas' gradients, so the step divides the
 loss by `num_replicas_in_sync` before differentiating. The distiller's terms are
 per-replica means; Keras's compiled losses already divide by the replica count,
-which `per_replica_value` undoes so that every term is on the same scale.
+which `keras_kd.objective.Objective` undoes so that every term is on the same scale.
 
 `compile`, `_maybe_symbolic_build` and `_make_function` override Keras 3.15's
 TensorFlow trainer for this class only (Keras itself is not patched):
@@ -38,7 +38,7 @@ import keras
 import tensorflow as tf
 from keras.utils import unpack_x_y_sample_weight
 
-from keras_kd.trainers.entry_points import CheckedEntryPoints, refuse_keras_distribution
+from keras_kd.trainers.base import StepContract, refuse_keras_distribution
 
 
 def check_no_keras_distribution(method):
@@ -52,57 +52,43 @@ def check_no_keras_distribution(method):
     )
 
 
-class DistillationSteps(CheckedEntryPoints):
-    def check_entry(self, method):
+class DistillationSteps(StepContract):
+    def _check_entry(self, method):
         check_no_keras_distribution(method)
 
     def _replicas(self):
         return self.distribute_strategy.num_replicas_in_sync
 
-    def per_replica_value(self, compiled_loss_value):
-        """A value from a `keras.losses.Loss` object, brought to the scale of the distiller's own terms.
-
-        Under `tf.distribute` a Keras loss object already divides by the number of replicas; the
-        distiller's terms are per-replica means, divided once for all in the step, so this
-        multiplies the loss object's division back out.
-        """
-        return compiled_loss_value * self._replicas()
-
     def train_step(self, data):
         """One training step: teacher outside the tape, student loss under `GradientTape`, update, metrics."""
         x, y, sample_weight = unpack_x_y_sample_weight(data)
-        teacher_logits, teacher_features = tf.nest.map_structure(tf.stop_gradient, self.teacher_forward(x))
+        teacher_outputs = tf.nest.map_structure(tf.stop_gradient, self._teacher_forward(x))
         with tf.GradientTape() as tape:
-            student_logits, student_features = self.student_forward(x, training=True)
-            loss, terms = self.compute_distillation_loss(
-                y, student_logits, teacher_logits, sample_weight, teacher_features, student_features, inputs=x
-            )
-            scaled_loss = self.optimizer.scale_loss(loss / self._replicas())
+            student_logits, student_features = self._student_forward(x, training=True)
+            loss, terms = self._objective(x, y, sample_weight, teacher_outputs, (student_logits, student_features))
+            scaled_loss = self._objective.loss_for_gradients(loss, self.optimizer)
         variables = self.trainable_variables
-        gradients = self.mask_gradients(tape.gradient(scaled_loss, variables))
+        gradients = self._objective.mask_gradients(tape.gradient(scaled_loss, variables), variables)
         self.optimizer.apply_gradients(zip(gradients, variables))
-        return self.update_distillation_metrics(loss, terms, x, y, student_logits, sample_weight)
+        return self._update_metrics(loss, terms, x, y, student_logits, sample_weight)
 
     def test_step(self, data):
         """One evaluation step: the distillation loss and metrics of `data`, no update."""
         x, y, sample_weight = unpack_x_y_sample_weight(data)
-        teacher_logits, teacher_features = self.teacher_forward(x)
-        student_logits, student_features = self.student_forward(x, training=False)
-        loss, terms = self.compute_distillation_loss(
-            y, student_logits, teacher_logits, sample_weight, teacher_features, student_features, inputs=x
-        )
-        return self.update_distillation_metrics(loss, terms, x, y, student_logits, sample_weight)
+        teacher_outputs = self._teacher_forward(x)
+        student_outputs = self._student_forward(x, training=False)
+        loss, terms = self._objective(x, y, sample_weight, teacher_outputs, student_outputs)
+        return self._update_metrics(loss, terms, x, y, student_outputs[0], sample_weight)
 
-    def fit(self, x=None, *args, shuffle=True, **kwargs):
+    def _fit_data(self, x, shuffle):
         # A TeacherCache's PyDataset costs a Python call and a conversion per batch on TensorFlow
         # (~2.7 ms against a ~4 ms student step): feed the in-memory cache through tf.data instead.
-        from keras_kd.cache.teacher_cache import CacheDataset
-
-        if type(x) is CacheDataset:  # not its subclass for attach(), which checks fingerprints per batch
-            as_tf_data = x.as_tf_dataset(shuffle_batches=bool(shuffle))
+        as_tf_dataset = getattr(x, "as_tf_dataset", None)
+        if as_tf_dataset is not None:
+            as_tf_data = as_tf_dataset(shuffle_batches=bool(shuffle))
             if as_tf_data is not None:
-                x, shuffle = as_tf_data, False  # shuffled above; Keras would warn that it ignores shuffle
-        return super().fit(x, *args, shuffle=shuffle, **kwargs)
+                return as_tf_data, False  # shuffled above; Keras would warn that it ignores shuffle
+        return x, shuffle
 
     # tf.distribute: see the module docstring.
 
@@ -113,7 +99,7 @@ class DistillationSteps(CheckedEntryPoints):
     def _maybe_symbolic_build(self, iterator=None, data_batch=None):
         strategy = self.distribute_strategy
         check_strategy_owns_variables(self, strategy)
-        first_batch_due = bool(getattr(self, "_first_batch_pending", False))
+        first_batch_due = bool(self._first_batch_pending)
         compiled = (self._compile_metrics, self._compile_loss)
         compiled_unbuilt = any(part is not None and not part.built for part in compiled)
         if iterator is not None and (self._distribute_strategy is not None or first_batch_due or compiled_unbuilt):
@@ -122,7 +108,7 @@ class DistillationSteps(CheckedEntryPoints):
                 break
             iterator = None
         if first_batch_due:
-            self.inspect_first_batch(data_batch)
+            self._inspect_first_batch(data_batch)
         if self._distribute_strategy is None and compiled_unbuilt and data_batch is not None:
             # Without a strategy Keras 3.15 leaves the compiled loss and metrics to be created inside the
             # first traced step. After label-free batches (which build neither) a retrace with labels would

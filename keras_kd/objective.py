@@ -1,0 +1,162 @@
+"""The loss of one batch, read top to bottom in `Objective.__call__`.
+
+For a labelled batch,
+
+    L = alpha * L_hard(y, s) + (1 - alpha) * w_soft * T**2 * D(t, s) + sum_pairs L_pair + R(student)
+
+where `D` is the soft loss (forward KL by default; its `T**2` is applied by the loss itself), `w_soft`
+the soft loss's warm-up weight (1 without one), `L_pair` each layer pair's weighted term and `R` the
+student's regularization losses. A batch without labels trains on `w_soft * T**2 * D + pairs + R`.
+While FitNets' hint warm-up is on, the loss is the hint terms alone, and `mask_gradients` zeroes the
+gradients of the variables past the hinted layers.
+
+Per-replica scaling: under `tf.distribute` each replica averages over its own slice of the batch and
+the optimizer sums the replicas' gradients, so `loss_for_gradients` divides by the replica count once.
+Keras's own loss objects (a compiled `loss`, a pair whose loss is a `keras.losses.Loss`) already divide
+by it, which `Objective` multiplies back out so that every term is on one scale.
+"""
+
+import keras
+from keras import ops
+
+from keras_kd import validation
+from keras_kd.data.batch_keys import student_padding_mask
+from keras_kd.features.pairs import Hint
+from keras_kd.losses._common import weighted_mean
+
+
+class Objective:
+    """The distillation loss of one batch and the gradient masks of the hint warm-up.
+
+    Args:
+        source: the distiller's teacher source (`keras_kd.teachers`), which turns its logits into
+            soft targets (mixing several teachers).
+        soft_term: the resolved soft loss (`keras_kd.soft_loss.SoftTerm`).
+        pairs: the bound layer pairs (`keras_kd.features.binding.BoundPairs`).
+        student: the student model, whose regularization losses are added.
+        variables: the distiller's scalar variables `temperature`, `alpha` and, where they exist,
+            `soft_loss_warmup` and `hint_warmup` (None otherwise).
+        compiled_loss: returns the loss given to `compile()`, or None for the default cross-entropy.
+        replicas: returns the number of replicas the step runs on.
+    """
+
+    def __init__(self, source, soft_term, pairs, student, variables, compiled_loss, replicas):
+        self.source = source
+        self.soft_term = soft_term
+        self.pairs = pairs
+        self.student = student
+        self.variables = variables
+        self.compiled_loss = compiled_loss
+        self.replicas = replicas
+        self.warmup_variable_ids = None  # set by the hint warm-up (see `Distiller`)
+
+    def __call__(self, x, y, sample_weight, teacher_outputs, student_outputs):
+        """`(loss, terms)` of one batch; `terms` holds the logged parts (`hard_loss`, `soft_loss`, pairs)."""
+        v = self.variables
+        (teacher_logits, teacher_features), (student_logits, student_features) = teacher_outputs, student_outputs
+        teacher_logits = self.source.targets(teacher_logits, v.temperature)
+        validation.check_output_shapes(_logits_shape(teacher_logits, student_logits), student_logits.shape)
+        soft = self._soft(teacher_logits, student_logits, sample_weight, y)
+        terms = {"soft_loss": soft}
+        if y is None:
+            loss = soft
+        else:
+            terms["hard_loss"] = self._hard(y, student_logits, sample_weight)
+            loss = v.alpha * terms["hard_loss"] + (1.0 - v.alpha) * soft
+        pair_terms = self._pair_terms(x, sample_weight, teacher_features, student_features)
+        terms.update(pair_terms)
+        for value in pair_terms.values():
+            loss = loss + value
+        regularization = self.student.losses
+        if regularization:
+            loss = loss + ops.sum([ops.cast(ops.sum(r), "float32") for r in regularization])
+        if v.hint_warmup is not None:
+            # FitNets stage 1: the hint terms alone while the warm-up flag is 1.
+            hints = [value for pair, value in zip(self.pairs.pairs, pair_terms.values()) if isinstance(pair, Hint)]
+            loss = v.hint_warmup * sum(hints) + (1.0 - v.hint_warmup) * loss
+        return loss, terms
+
+    def loss_for_gradients(self, loss, optimizer):
+        """What a step differentiates: the loss over the replica count, scaled by the optimizer (float16)."""
+        replicas = self.replicas()
+        return optimizer.scale_loss(loss / replicas if replicas != 1 else loss)
+
+    def mask_gradients(self, gradients, variables):
+        """During a hint warm-up, zeroes the gradients of variables past the hinted layers."""
+        if self.warmup_variable_ids is None:
+            return gradients
+        keep = 1.0 - self.variables.hint_warmup
+        return [
+            g if g is None or id(v) in self.warmup_variable_ids else g * ops.cast(keep, g.dtype)
+            for g, v in zip(gradients, variables)
+        ]
+
+    # The terms.
+
+    def _soft(self, teacher_logits, student_logits, sample_weight, y):
+        term = self.soft_term
+        if term.needs_labels and y is None:
+            raise ValueError(
+                f"soft_loss {term.describe()} needs the labels of every batch (it splits the soft targets at the "
+                "true class), but this batch has none. Pass labels (fit(x, y), or a dataset yielding (x, y)), or use "
+                "another soft_loss ('kl', 'reverse_kl', GeneralizedJSD) for unlabelled data."
+            )
+        soft = ops.cast(term(teacher_logits, student_logits, self.variables.temperature, sample_weight, y), "float32")
+        if len(soft.shape):
+            raise ValueError(
+                f"soft_loss {term.spec!r} returned a value of shape {tuple(soft.shape)}; it must return a "
+                "scalar (average over examples and positions, using sample_weight)."
+            )
+        if self.variables.soft_loss_warmup is not None:
+            soft = self.variables.soft_loss_warmup * soft
+        return soft
+
+    def _hard(self, y, logits, sample_weight):
+        compiled = self.compiled_loss()
+        if compiled is not None:
+            return ops.cast(compiled(y, logits, sample_weight), "float32") * self.replicas()
+        logits = ops.cast(logits, "float32")
+        if validation.label_kind(y.shape, logits.shape) == "sparse":
+            if len(y.shape) == len(logits.shape):
+                y = ops.squeeze(y, axis=-1)
+            values = keras.losses.sparse_categorical_crossentropy(y, logits, from_logits=True)
+        else:
+            values = keras.losses.categorical_crossentropy(ops.cast(y, "float32"), logits, from_logits=True)
+        return weighted_mean(values, sample_weight)
+
+    def _pair_terms(self, x, sample_weight, teacher_features, student_features):
+        if not self.pairs.pairs:
+            return {}
+        padding_mask = student_padding_mask(x)
+        terms = {}
+        for pair, name, t_features, s_features in zip(
+            self.pairs.pairs, self.pairs.log_names, teacher_features, student_features
+        ):
+            weight = _pair_sample_weight(pair, sample_weight, padding_mask, s_features)
+            value = pair.compute(t_features, s_features, weight)
+            if pair.scaled_for_distribution:
+                value = value * self.replicas()
+            terms[name] = value
+        return terms
+
+
+def _pair_sample_weight(pair, sample_weight, padding_mask, student_features):
+    """The sample weight of one pair term: times the padding mask for (batch, positions, width) features."""
+    if padding_mask is None or not pair.position_weighted:
+        return sample_weight
+    if any(len(feature.shape) != 3 for feature in student_features) or len(padding_mask.shape) != 2:
+        return sample_weight
+    mask = ops.cast(padding_mask, "float32")
+    if sample_weight is None:
+        return mask
+    sample_weight = ops.cast(sample_weight, "float32")
+    if len(sample_weight.shape) == 1:
+        return mask * ops.expand_dims(sample_weight, -1)
+    return mask * ops.reshape(sample_weight, ops.shape(mask))
+
+
+def _logits_shape(teacher_logits, student_logits):
+    """The teacher's logits shape; for a top-k cache's `(values, indices, tail)`, as if dense."""
+    if isinstance(teacher_logits, tuple):
+        return (*teacher_logits[0].shape[:-1], student_logits.shape[-1])
+    return teacher_logits.shape

@@ -1,0 +1,79 @@
+"""The contract between `Distiller` and the backend steps in `trainers/<backend>.py`.
+
+Every backend's `train_step` does the same work in the same order, as Keras's own trainers do:
+
+1. `x, y, sample_weight = keras.utils.unpack_x_y_sample_weight(data)`
+2. `teacher_outputs = self._teacher_forward(x)`, outside the gradient computation
+   (`stop_gradient`, `no_grad`, or before `value_and_grad`);
+3. `student_outputs = self._student_forward(x, training=True)`;
+4. `loss, terms = self._objective(x, y, sample_weight, teacher_outputs, student_outputs)`;
+5. the gradients of `self._objective.loss_for_gradients(loss, self.optimizer)` with respect to
+   `self.trainable_variables`, through `self._objective.mask_gradients(...)`, applied by the optimizer;
+6. `return self._update_metrics(loss, terms, x, y, student_logits, sample_weight)`.
+
+`test_step` is steps 1-4 and 6 with `training=False`.
+
+`Distiller` provides (backend-agnostic): `_teacher_forward`, `_student_forward`, `_objective` (a
+`keras_kd.objective.Objective`), `_update_metrics`, and `_inspect_first_batch(data_batch)`, which
+each backend calls once per `fit` from the place where it first sees a batch eagerly.
+
+Each backend provides `DistillationSteps`, a subclass of `StepContract` with `train_step`, `test_step`
+and these hooks, which `Distiller`'s entry points call:
+
+- `_replicas()`: how many replicas the step's loss is averaged over (1 unless `tf.distribute`);
+- `_check_entry(method)`: raises when `fit`, `evaluate`, `predict` or a `*_on_batch` cannot run
+  under the current distribution settings;
+- `_fit_data(x, shuffle)`: the training data as this backend reads it best (`(x, shuffle)` unchanged
+  by default).
+"""
+
+import keras
+
+
+def first_batch(iterator):
+    """The first batch of a Keras epoch iterator, as Keras's `_symbolic_build` reads it (fit resets the iterator)."""
+    for _, _, data_or_iterator in iterator:
+        if isinstance(data_or_iterator, (list, tuple)):
+            return data_or_iterator[0]
+        return next(data_or_iterator)
+    return None
+
+
+def refuse_keras_distribution(method, backend, advice):
+    """Raises when a `keras.distribution` is set on a backend whose Keras trainer would ignore it."""
+    distribution = keras.distribution.distribution()
+    if distribution is not None:
+        raise ValueError(
+            f"{method}() was called under keras.distribution.{type(distribution).__name__}, which Keras's "
+            f"{backend} backend does not apply: the run would silently stay on one device. {advice} Or drop the "
+            "distribution (leave its scope, or keras.distribution.set_distribution(None)) to train on one device."
+        )
+
+
+class StepContract:
+    """What a backend's `DistillationSteps` implements (see the module docstring)."""
+
+    def train_step(self, *args):
+        raise NotImplementedError
+
+    def test_step(self, *args):
+        raise NotImplementedError
+
+    def _replicas(self):
+        return 1
+
+    def _check_entry(self, method):
+        """Raises when `method` cannot run here."""
+
+    def _fit_data(self, x, shuffle):
+        return x, shuffle
+
+    def _symbolic_build(self, iterator=None, data_batch=None):
+        # JAX and PyTorch: Keras builds the model from the first batch of fit(), evaluate() and the
+        # *_on_batch methods, the one place that sees that batch eagerly (TensorFlow: see its trainer).
+        if self._first_batch_pending:
+            if data_batch is None and iterator is not None:
+                data_batch = first_batch(iterator)
+                iterator = None
+            self._inspect_first_batch(data_batch)
+        return super()._symbolic_build(iterator=iterator, data_batch=data_batch)
