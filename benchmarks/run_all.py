@@ -9,6 +9,7 @@ For each backend asked for, in a fresh process each (KERAS_BACKEND is fixed at i
                         `FeatureDistillation` on the same pair
     cache_overhead.py   D/S: a cached epoch vs the student's plain epoch;
                         B/P: building the cache vs `teacher.predict` (large teacher)
+    fit_overhead.py     the fixed work of one `fit` call (beyond its steps), ours vs `keras.distillation`
 
 Each writes its JSON under `--results` (default `benchmarks/results/all/`); the table is then
 made from those files, with the machine, the versions and the date. All figures are medians of
@@ -30,7 +31,7 @@ import time
 
 HERE = os.path.dirname(os.path.abspath(__file__))
 BACKENDS = ("tensorflow", "jax", "torch")
-SCRIPTS = ("step_overhead", "pair_overhead", "cache_overhead")
+SCRIPTS = ("step_overhead", "pair_overhead", "cache_overhead", "fit_overhead")
 BACKEND_TITLES = {"tensorflow": "TensorFlow", "jax": "JAX", "torch": "PyTorch"}
 
 # (script, ratio name in its summary, what it measures, target text)
@@ -44,8 +45,11 @@ ROWS = (
     ("pair_overhead", "CP_same/KF", "our step with a feature pair / `keras.distillation`'s", "< 1.00"),
     ("cache_overhead", "D/S", "cached epoch / the student's plain epoch", "<= 1.10"),
     ("cache_overhead", "B/P", "building the cache / `teacher.predict` (large teacher)", "<= 1.10"),
+    ("fit_overhead", "C_step/K_step", "a step inside a 16-step `fit`, ours / `keras.distillation`'s", "<= 1.00"),
+    ("fit_overhead", "F_C/C_step", "our fixed work per `fit` call, in steps (Keras's own included)", "<= 1.00"),
+    ("fit_overhead", "(F_C-F_K)/C_step", "our fixed work per `fit` beyond `keras.distillation`'s, in steps", "<= 1.00"),
 )
-CONTROLS = {"step_overhead": "A'/A", "pair_overhead": "C0'/C0"}
+CONTROLS = {"step_overhead": "A'/A", "pair_overhead": "C0'/C0", "fit_overhead": "C2_fit/C_fit"}
 
 
 def parse_args(argv=None):
