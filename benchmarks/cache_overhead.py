@@ -15,12 +15,16 @@ with bootstrap 95 % intervals. The cache lives on the local disk (`--directory`,
 temporary directory). The data is 12,800 examples of 3 KB: 40 MB of inputs (stored with the
 cache, and hashed for the fingerprints) and 0.25 MB of float16 logits.
 
-`--teacher small` is `step_overhead.py`'s teacher (3-4 ms a batch on one core): its build is
-dominated by hashing and writing the inputs, not by the forward pass. `--teacher large` (the
-default) is a VGG-style CNN (~33 MMAC per example, ~4.3 GMAC per batch of 128) for which the
-forward pass dominates, as it does for the teachers a cache is meant for.
+`--teacher small` is `step_overhead.py`'s teacher (two strided convolutions, 3-4 ms a batch on one
+core): its build is dominated by hashing and writing the inputs, not by the forward pass, so it
+shows the build's fixed per-batch cost. `--teacher large` (the default) is a VGG-style CNN (~33
+MMAC per example, ~4.3 GMAC per batch of 128) for which the forward pass dominates, as it does for
+the teachers a cache is meant for. `--student mlp` (Flatten, Dense(128, relu), Dense(10)) instead of
+`step_overhead.py`'s small CNN makes a student step so cheap that the cached epoch's own per-batch
+cost shows. B times the build alone: deleting the previous build's directory is not timed.
 
     python benchmarks/cache_overhead.py --backend jax --rounds 10 --out benchmarks/results/cache_overhead_jax.json
+    taskset -c 0 python benchmarks/cache_overhead.py --backend tensorflow --teacher small --student mlp --batches 128
 """
 
 import argparse
@@ -48,6 +52,7 @@ def parse_args(argv=None):
     parser.add_argument("--directory", help="where the caches are written (default: a temporary directory)")
     parser.add_argument("--seed", type=int, default=0)
     parser.add_argument("--teacher", choices=("large", "small"), default="large")
+    parser.add_argument("--student", choices=("cnn", "mlp"), default="cnn", help="cnn: step_overhead.py's student")
     parser.add_argument("--out", help="write the rounds and the summary as JSON here")
     parser.add_argument("--quick", action="store_true", help="smoke run: 2 rounds of 10 batches, no verdicts")
     args = parser.parse_args(argv)
@@ -72,6 +77,20 @@ def build_large_teacher(keras):
             layers.Dense(10),
         ],
         name="large_teacher",
+    )
+
+
+def build_mlp_student(keras):
+    """A 128-unit MLP: a student step costs little, so the cached epoch's per-batch overhead shows."""
+    layers = keras.layers
+    return keras.Sequential(
+        [
+            keras.Input((28, 28, 1)),
+            layers.Flatten(),
+            layers.Dense(128, activation="relu"),
+            layers.Dense(10),
+        ],
+        name="mlp_student",
     )
 
 
@@ -103,17 +122,19 @@ def main(argv=None):
         teacher, (x, y), os.path.join(root, "cache"), batch_size=args.batch_size, verbose=0
     )
 
-    student = so.build_student(keras)
+    build_student = build_mlp_student if args.student == "mlp" else so.build_student
+    student = build_student(keras)
     student.compile(keras.optimizers.Adam(1e-3), keras.losses.SparseCategoricalCrossentropy(from_logits=True))
-    distiller = keras_kd.Distiller(cache, so.build_student(keras), temperature=4.0, alpha=0.1)
+    distiller = keras_kd.Distiller(cache, build_student(keras), temperature=4.0, alpha=0.1)
     distiller.compile(keras.optimizers.Adam(1e-3))
     cached_batches = cache.dataset(batch_size=args.batch_size, shuffle=True, seed=args.seed)
-    builds = iter(range(10**6))
+    build_directory = os.path.join(root, "build")
 
     def build():
-        directory = os.path.join(root, f"build_{next(builds)}")
-        keras_kd.TeacherCache.build(teacher, (x, y), directory, batch_size=args.batch_size, verbose=0)
-        shutil.rmtree(directory)
+        keras_kd.TeacherCache.build(teacher, (x, y), build_directory, batch_size=args.batch_size, verbose=0)
+
+    def remove_build():  # after each timed build, outside the timing
+        shutil.rmtree(build_directory)
 
     items = {
         "S": lambda: student.fit(x, y, batch_size=args.batch_size, epochs=1, verbose=0),
@@ -121,12 +142,17 @@ def main(argv=None):
         "P": lambda: teacher.predict(x, batch_size=args.batch_size, verbose=0),
         "B": build,
     }
-    for run in items.values():  # compilation and first-epoch effects
+    after = {"B": remove_build}
+    for name, run in items.items():  # compilation and first-epoch effects
         run()
+        after.get(name, lambda: None)()
     order_rng = np.random.default_rng(args.seed + 1)
     rounds = []
     for index in range(args.rounds):
-        sample = {name: timed(items[name]) for name in order_rng.permutation(list(items))}
+        sample = {}
+        for name in order_rng.permutation(list(items)):
+            sample[name] = timed(items[name])
+            after.get(name, lambda: None)()
         rounds.append(sample)
         text = "  ".join(f"{name}={sample[name]:.2f}s" for name in items)
         print(f"[{args.backend}] round {index + 1:2d}/{args.rounds}: {text}", flush=True)

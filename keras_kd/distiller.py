@@ -17,7 +17,7 @@ from keras_kd import validation
 from keras_kd.callbacks import SoftLossWarmup
 from keras_kd.data import text
 from keras_kd.data.arrays import is_in_memory
-from keras_kd.data.batch_keys import student_view
+from keras_kd.data.batch_keys import is_cached, student_view, teacher_view
 from keras_kd.metrics import TermMeans
 from keras_kd.objective import Objective
 from keras_kd.teachers import deserialize_teacher, serialize_model, teacher_source
@@ -65,7 +65,9 @@ class Distiller(DistillationSteps, keras.Model):
     `keras_kd.paired_inputs(teacher_x, student_x)` as `x`.
 
     The teacher is frozen: it runs with `training=False`, outside the gradient
-    computation, and its weights never change. `call`, `predict` and
+    computation, and its weights never change. The distiller does not modify it (its
+    `trainable` flag stays as given; its variables are left out of the distiller's
+    `trainable_variables`), and refuses a student that is the teacher or shares its layers. `call`, `predict` and
     `evaluate`'s metrics use the student. `fit` and `evaluate` log `loss`,
     `hard_loss` (labelled batches only), `soft_loss` (the `T**2 * KL` value
     before weighting), one entry per pair (`hint_loss`, `attention_loss`,
@@ -113,7 +115,8 @@ class Distiller(DistillationSteps, keras.Model):
         teacher: a built `keras.Model` that returns logits, a list of them (several
             teachers, mixed by `teacher_weights`), or a `keras_kd.TeacherCache`.
         student: a `keras.Model` that returns logits of the teacher's shape.
-        temperature: `T > 0` that softens both distributions.
+        temperature: `T` in `[0.01, 100]` (where float32 holds the soft loss) that softens both
+            distributions.
         alpha: weight of the hard-label loss in `[0, 1]`.
         pairs: layer pairs, each adding a feature term (see `keras_kd.features.pairs`).
         soft_loss: the soft term between the tempered distributions: `"kl"`
@@ -172,8 +175,10 @@ class Distiller(DistillationSteps, keras.Model):
         self._source.check_student(student)
         temperature = validation.check_temperature(temperature)
         alpha = validation.check_alpha(alpha)
-        for model in self._source.models:
-            model.trainable = False
+        # The teachers are left as given (their `trainable` flags too): their variables are kept out of the
+        # distiller's trainable variables instead (see `trainable_variables`), and the steps run them outside
+        # the gradient computation.
+        self._teacher_variable_ids = frozenset(id(v) for model in self._source.models for v in model.variables)
         self.teacher = list(teacher) if isinstance(teacher, (list, tuple)) else teacher
         self.student = student
         self._bound_pairs = self._source.bind_pairs(pairs, student)
@@ -223,6 +228,35 @@ class Distiller(DistillationSteps, keras.Model):
         )
 
     # Properties.
+
+    _teacher_variable_ids = frozenset()  # set at construction
+
+    def _without_teachers(self, variables):
+        return [v for v in variables if id(v) not in self._teacher_variable_ids]
+
+    def _teachers_of(self, variables):
+        return [v for v in variables if id(v) in self._teacher_variable_ids]
+
+    @property
+    def trainable_variables(self):
+        """The variables that training updates: the student's and the regressors', never a teacher's.
+
+        A teacher's variables count as non-trainable here whatever its `trainable` flag, which the
+        distiller leaves as it was: the optimizer gets no slots for them and no step updates them.
+        """
+        return self._without_teachers(super().trainable_variables)
+
+    @property
+    def non_trainable_variables(self):
+        return super().non_trainable_variables + self._teachers_of(super().trainable_variables)
+
+    @property
+    def trainable_weights(self):
+        return self._without_teachers(super().trainable_weights)
+
+    @property
+    def non_trainable_weights(self):
+        return super().non_trainable_weights + self._teachers_of(super().trainable_weights)
 
     @property
     def metrics(self):
@@ -316,8 +350,11 @@ class Distiller(DistillationSteps, keras.Model):
         """`keras.Model.compile`, returning the distiller so that `.fit` chains.
 
         `loss` is the hard-label loss; leave it `None` for cross-entropy from
-        logits (sparse or one-hot, read off the labels' shape). `loss_weights`
-        scales a given `loss` only; the hard-label term's weight is `alpha`.
+        logits (sparse or one-hot, read off the labels' shape). The student outputs
+        logits, so a Keras cross-entropy named by a string (`"sparse_categorical_crossentropy"`,
+        `"categorical_crossentropy"`, `"binary_crossentropy"`, ...) is taken with
+        `from_logits=True`, and a loss object or function with `from_logits=False` is
+        refused. `loss_weights` scales a given `loss` only; the hard-label term's weight is `alpha`.
         """
         if loss is None and kwargs.get("loss_weights") is not None:
             raise ValueError(
@@ -326,6 +363,7 @@ class Distiller(DistillationSteps, keras.Model):
                 "with the distiller's alpha (Distiller(..., alpha=a): alpha * hard + (1 - alpha) * soft), or pass "
                 "loss=... together with loss_weights."
             )
+        loss = validation.resolve_hard_loss(loss)
         super().compile(optimizer=optimizer, loss=loss, metrics=metrics, **kwargs)
         return self
 
@@ -355,6 +393,9 @@ class Distiller(DistillationSteps, keras.Model):
         See `keras_kd.data.text` for which preprocessor feeds which model.
         """
         self._check_entry("fit")
+        validation.check_data_reaches_teacher(
+            validation_data, getattr(self._source, "cache", None), "fit(validation_data=...)"
+        )
         if kwargs.get("class_weight") is not None:
             _check_class_weight(self.student, x, y)
         if self._variables.soft_loss_warmup is not None:
@@ -367,27 +408,31 @@ class Distiller(DistillationSteps, keras.Model):
         x, shuffle = self._fit_data(x, shuffle)
         self._first_batch_pending = "fit"
         try:
-            return super().fit(
-                x=x,
-                y=y,
-                batch_size=batch_size,
-                sample_weight=sample_weight,
-                validation_data=validation_data,
-                validation_split=validation_split,
-                validation_batch_size=validation_batch_size,
-                shuffle=shuffle,
-                **kwargs,
-            )
+            with self._restoring_variables():
+                return super().fit(
+                    x=x,
+                    y=y,
+                    batch_size=batch_size,
+                    sample_weight=sample_weight,
+                    validation_data=validation_data,
+                    validation_split=validation_split,
+                    validation_batch_size=validation_batch_size,
+                    shuffle=shuffle,
+                    **kwargs,
+                )
         finally:
             self._first_batch_pending = False
 
     def evaluate(self, x=None, y=None, batch_size=None, sample_weight=None, **kwargs):
         """`keras.Model.evaluate`; raw strings are tokenized as in `fit`."""
         self._check_entry("evaluate")
+        if not kwargs.get("_use_cached_eval_dataset"):  # fit's validation data was checked when fit started
+            validation.check_data_reaches_teacher(x, getattr(self._source, "cache", None), "evaluate()'s data")
         if text.holds_strings(x):
             x = self._text_pipeline.dataset(x, y, sample_weight, batch_size)
             y = sample_weight = batch_size = None
-        return super().evaluate(x=x, y=y, batch_size=batch_size, sample_weight=sample_weight, **kwargs)
+        with self._restoring_variables():
+            return super().evaluate(x=x, y=y, batch_size=batch_size, sample_weight=sample_weight, **kwargs)
 
     def predict(self, x, batch_size=None, **kwargs):
         """The student's `predict`; raw strings are tokenized by the student's preprocessor."""
@@ -395,7 +440,8 @@ class Distiller(DistillationSteps, keras.Model):
         if text.holds_strings(x):
             x = self._text_pipeline.input_dataset(x, batch_size)
             batch_size = None
-        return super().predict(x, batch_size=batch_size, **kwargs)
+        with self._restoring_variables():
+            return super().predict(x, batch_size=batch_size, **kwargs)
 
     def train_on_batch(self, x, y=None, sample_weight=None, **kwargs):
         """`keras.Model.train_on_batch`; raw strings are tokenized as in `fit`."""
@@ -404,7 +450,8 @@ class Distiller(DistillationSteps, keras.Model):
             x, y, sample_weight = self._text_pipeline.preprocess_batch(x, y, sample_weight)
         self._first_batch_pending = False if self._first_batch_inspected else "train_on_batch"
         try:
-            return super().train_on_batch(x, y=y, sample_weight=sample_weight, **kwargs)
+            with self._restoring_variables():
+                return super().train_on_batch(x, y=y, sample_weight=sample_weight, **kwargs)
         finally:
             self._first_batch_pending = False
 
@@ -413,7 +460,8 @@ class Distiller(DistillationSteps, keras.Model):
         self._check_entry("test_on_batch")
         if text.holds_strings(x):
             x, y, sample_weight = self._text_pipeline.preprocess_batch(x, y, sample_weight)
-        return super().test_on_batch(x, y=y, sample_weight=sample_weight, **kwargs)
+        with self._restoring_variables():
+            return super().test_on_batch(x, y=y, sample_weight=sample_weight, **kwargs)
 
     def predict_on_batch(self, x):
         """The student's `predict_on_batch`; raw strings are tokenized by the student's preprocessor."""
@@ -421,7 +469,8 @@ class Distiller(DistillationSteps, keras.Model):
         if text.holds_strings(x):
             self._text_pipeline.check_can_read_strings()
             x = self._text_pipeline.preprocess_inputs(x)
-        return super().predict_on_batch(x)
+        with self._restoring_variables():
+            return super().predict_on_batch(x)
 
     # Batches without labels: the compiled loss and metrics compare predictions with labels.
 
@@ -466,15 +515,22 @@ class Distiller(DistillationSteps, keras.Model):
         - A batch without labels trains on the soft term alone, with weight 1: when that drops part of
           what was configured (`alpha > 0`, a compiled `loss`), a warning says so, once per `fit()`.
           A `DKD(warmup_epochs=N)` soft loss in a `train_on_batch` loop warns that only `fit()` ramps it.
+        - Before the teacher runs, the inputs must fit the models: a dict that holds none of a model's
+          input names (a dataset of dicts read whole as `x`) and input shapes a model does not take are
+          refused, naming each model's inputs and `keras_kd.paired_inputs`.
+        - Class-id labels must lie in `[0, classes)` (the compiled loss's `ignore_class` aside), and a
+          teacher whose accuracy on the labelled batch is near chance gets a warning (untrained, or
+          teacher and student swapped); both read the teacher outputs of the finiteness check above.
         """
         entry = self._first_batch_pending
         if not entry or data_batch is None:
             return
         self._first_batch_pending = False
         self._first_batch_inspected = True
-        x, y, _ = keras.utils.unpack_x_y_sample_weight(data_batch)
+        x, y, sample_weight = keras.utils.unpack_x_y_sample_weight(data_batch)
+        validation.check_first_batch_inputs(x, y, self._first_batch_readers(x))
         if y is None and not self._soft_term.needs_labels:
-            _warn_label_free(self.alpha, self._compile_loss is not None)
+            _warn_label_free(self.alpha, self._compile_loss is not None, x)
         if self._variables.soft_loss_warmup is not None and entry == "train_on_batch":
             warnings.warn(
                 f"soft_loss {self._soft_term.describe()} has warmup_epochs={self._soft_term.warmup_epochs}, which "
@@ -484,7 +540,22 @@ class Distiller(DistillationSteps, keras.Model):
                 UserWarning,
                 stacklevel=2,
             )
-        self._source.check_first_batch(x)
+        teacher_outputs = self._source.check_first_batch(x)
+        classes = (validation.known_output_shape(self.student) or (None,))[-1]
+        if classes is None and teacher_outputs:
+            classes = teacher_outputs[0][1].shape[-1]
+        validation.check_class_labels(y, classes, _ignore_class(self.loss))
+        for who, logits in teacher_outputs:
+            validation.warn_if_near_chance(who, logits, y, sample_weight)
+
+    def _first_batch_readers(self, x):
+        """`(role, model, what it reads of batch input x)` for the student and each teacher (None: a cached batch)."""
+        readers = [("student", self.student, student_view(x))]
+        teachers = self._source.models
+        for index, model in enumerate(teachers):
+            role = "teacher" if len(teachers) == 1 else f"teacher[{index}]"
+            readers.append((role, model, None if is_cached(x) else teacher_view(x)))
+        return readers
 
     def _teacher_forward(self, x):
         """The teacher's logits and, per pair, its paired layers' outputs (from one forward pass, or a cache)."""
@@ -526,7 +597,7 @@ class Distiller(DistillationSteps, keras.Model):
     # Serialization.
 
     def get_config(self):
-        return {
+        config = {
             "name": self.name,
             "teacher": self._source.config(),
             "student": serialize_model(self.student),
@@ -536,12 +607,31 @@ class Distiller(DistillationSteps, keras.Model):
             "soft_loss": soft_losses.serialize(self.soft_loss),
             "teacher_weights": self.teacher_weights,
         }
+        # A student sharing a teacher's KerasHub preprocessor (keras_kd.hub.student_from_teacher) must share it again
+        # when loaded: Keras saves the shared object's assets (the vocabulary) once, and its nested configs lose the
+        # sharing, so a second copy would load without a vocabulary (issue 17).
+        shared = getattr(self.student, "preprocessor", None)
+        for index, model in enumerate(getattr(self._source, "models", ()) if shared is not None else ()):
+            if getattr(model, "preprocessor", None) is shared:
+                config["student_preprocessor_from_teacher"] = index
+                break
+        return config
 
     @classmethod
     def from_config(cls, config):
         config = dict(config)
         config["teacher"] = deserialize_teacher(config["teacher"])
-        config["student"] = keras.saving.deserialize_keras_object(config["student"])
+        teachers = config["teacher"] if isinstance(config["teacher"], list) else [config["teacher"]]
+        student, index = config["student"], config.pop("student_preprocessor_from_teacher", None)
+        if index is not None:  # the teacher's preprocessor object, as when saved
+            student = {**student, "config": {**student["config"], "preprocessor": teachers[index].preprocessor}}
+        config["student"] = keras.saving.deserialize_keras_object(student)
+        # Their own optimizers never train inside a distiller and their compile configs are not saved, but KerasHub
+        # tasks compile themselves when built: the optimizer state saved with them (a fine-tuned teacher's moments)
+        # would not fit, and Keras would warn that it skips it. Skip it once, silently (issue 17).
+        optimizers = (getattr(m, "optimizer", None) for m in (*teachers, config["student"]))
+        for optimizer in {id(o): o for o in optimizers if o}.values():
+            optimizer.load_own_variables = lambda store, optimizer=optimizer: delattr(optimizer, "load_own_variables")
         config["pairs"] = [keras.saving.deserialize_keras_object(pair) for pair in config.get("pairs", [])]
         config["soft_loss"] = soft_losses.deserialize(config.get("soft_loss", "kl"))
         return cls(**config)
@@ -565,7 +655,7 @@ def _check_model_kwargs(kwargs):
             raise TypeError(f"Distiller({key}={kwargs[key]!r}) is not applied to the distillation: {fix}.")
 
 
-def _warn_label_free(alpha, has_compiled_loss):
+def _warn_label_free(alpha, has_compiled_loss, x=None):
     unused = []
     if alpha > 0:
         unused.append(f"alpha={alpha:g} (the soft term gets weight 1, not 1 - alpha)")
@@ -573,13 +663,30 @@ def _warn_label_free(alpha, has_compiled_loss):
         unused.append("the loss given to compile()")
     if not unused:
         return
+    fix = "give the data labels, (x, y)"
+    if isinstance(x, dict) and not is_cached(x):
+        keys = sorted(x)
+        fix = (
+            f"give the data labels: fit() reads a batch as x, (x, y) or (x, y, sample_weight), so this dict (keys "
+            f"{keys}) is all x. If one of its keys holds the labels, map the dataset to (x, y) tuples first, e.g. "
+            "dataset.map(lambda d: ({k: v for k, v in d.items() if k != 'label'}, d['label']))"
+        )
     warnings.warn(
         f"The first batch of this fit() has no labels, so {' and '.join(unused)} will not be used: label-free "
         "batches train on the soft term alone. For label-free distillation pass alpha=0 and no compile loss (the "
-        "same objective, without this warning); otherwise give the data labels, (x, y).",
+        f"same objective, without this warning); otherwise {fix}.",
         UserWarning,
         stacklevel=2,
     )
+
+
+def _ignore_class(loss):
+    """The `ignore_class` of a compiled Keras cross-entropy (labels it skips), or None."""
+    get_config = getattr(loss, "get_config", None)
+    try:
+        return get_config().get("ignore_class") if get_config is not None else None
+    except (NotImplementedError, TypeError):
+        return None
 
 
 def _check_class_weight(student, x, y):

@@ -10,6 +10,10 @@ student's regularization losses. A batch without labels trains on `w_soft * T**2
 While FitNets' hint warm-up is on, the loss is the hint terms alone, and `mask_gradients` zeroes the
 gradients of the variables past the hinted layers.
 
+Binary heads: when both models give one logit per example (`Dense(1)`), the soft loss receives the
+two-class logits `[0, z]` (Bernoulli distributions, `keras_kd.losses.two_class_logits`) and the default
+hard loss is binary cross-entropy from logits with 0/1 labels.
+
 Per-replica scaling: under `tf.distribute` each replica averages over its own slice of the batch and
 the optimizer sums the replicas' gradients, so `loss_for_gradients` divides by the replica count once.
 Keras's own loss objects (a compiled `loss`, a pair whose loss is a `keras.losses.Loss`) already divide
@@ -23,6 +27,7 @@ from keras_kd import validation
 from keras_kd.data.batch_keys import student_padding_mask
 from keras_kd.features.pairs import Hint
 from keras_kd.losses._common import weighted_mean
+from keras_kd.losses.logits import two_class_logits
 
 
 class Objective:
@@ -54,9 +59,11 @@ class Objective:
         """`(loss, terms)` of one batch; `terms` holds the logged parts (`hard_loss`, `soft_loss`, pairs)."""
         v = self.variables
         (teacher_logits, teacher_features), (student_logits, student_features) = teacher_outputs, student_outputs
+        # Binary heads (one logit): the soft loss compares Bernoulli distributions, as softmaxes of [0, z].
+        teacher_logits, soft_logits = _two_classes_if_binary(teacher_logits, student_logits)
         teacher_logits = self.source.targets(teacher_logits, v.temperature)
-        validation.check_output_shapes(_logits_shape(teacher_logits, student_logits), student_logits.shape)
-        soft = self._soft(teacher_logits, student_logits, sample_weight, y)
+        validation.check_output_shapes(_logits_shape(teacher_logits, soft_logits), soft_logits.shape)
+        soft = self._soft(teacher_logits, soft_logits, sample_weight, y)
         terms = {"soft_loss": soft}
         if y is None:
             loss = soft
@@ -80,6 +87,21 @@ class Objective:
         """What a step differentiates: the loss over the replica count, scaled by the optimizer (float16)."""
         replicas = self.replicas()
         return optimizer.scale_loss(loss / replicas if replicas != 1 else loss)
+
+    def logged_loss(self, loss, trainable_values):
+        """The loss a training step logs: `loss`, or NaN once a trainable weight is NaN or Inf after the update.
+
+        `trainable_values` are the distiller's trainable weights (the student's and the regressors')
+        after the optimizer's update. A NaN input row, or a gradient that overflows, turns weights
+        NaN while the loss can stay finite (TensorFlow's compiled ReLU maps NaN to 0); the logged
+        `loss` then says so, and `keras.callbacks.TerminateOnNaN` stops the run. One sum per weight
+        inside the compiled step, no host synchronization. Under a `LossScaleOptimizer` (float16)
+        a step with non-finite gradients is skipped by the optimizer and leaves the weights finite.
+        """
+        if not trainable_values:
+            return loss
+        total = ops.sum(ops.stack([ops.sum(ops.cast(value, "float32")) for value in trainable_values]))
+        return ops.where(ops.isfinite(total), loss, ops.cast(float("nan"), loss.dtype))
 
     def mask_gradients(self, gradients, variables):
         """During a hint warm-up, zeroes the gradients of variables past the hinted layers."""
@@ -116,7 +138,14 @@ class Objective:
         if compiled is not None:
             return ops.cast(compiled(y, logits, sample_weight), "float32") * self.replicas()
         logits = ops.cast(logits, "float32")
-        if validation.label_kind(y.shape, logits.shape) == "sparse":
+        kind = validation.label_kind(y.shape, logits.shape)
+        if logits.shape[-1] == 1:
+            # One logit: binary cross-entropy from logits with 0/1 labels (or probabilities of class 1).
+            y = ops.cast(y, "float32")
+            if len(y.shape) < len(logits.shape):
+                y = ops.expand_dims(y, axis=-1)
+            return weighted_mean(keras.losses.binary_crossentropy(y, logits, from_logits=True), sample_weight)
+        if kind == "sparse":
             if len(y.shape) == len(logits.shape):
                 y = ops.squeeze(y, axis=-1)
             values = keras.losses.sparse_categorical_crossentropy(y, logits, from_logits=True)
@@ -153,6 +182,18 @@ def _pair_sample_weight(pair, sample_weight, padding_mask, student_features):
     if len(sample_weight.shape) == 1:
         return mask * ops.expand_dims(sample_weight, -1)
     return mask * ops.reshape(sample_weight, ops.shape(mask))
+
+
+def _two_classes_if_binary(teacher_logits, student_logits):
+    """Both models' logits as two-class logits `[0, z]` when each gives one logit per example; else unchanged.
+
+    `softmax([0, z] / T)` is `(1 - sigmoid(z / T), sigmoid(z / T))`, so every soft loss (forward or
+    reverse KL, generalized JSD, DKD, a callable) receives the Bernoulli distributions of the two
+    binary classifiers, where a softmax over the single logit would be 1 and the loss always 0.
+    """
+    if isinstance(teacher_logits, tuple) or student_logits.shape[-1] != 1 or teacher_logits.shape[-1] != 1:
+        return teacher_logits, student_logits
+    return two_class_logits(teacher_logits), two_class_logits(student_logits)
 
 
 def _logits_shape(teacher_logits, student_logits):

@@ -6,7 +6,8 @@ A `Distiller` holds one source and never asks which kind it is. Each source know
 - `check_student(student)`: its static compatibility checks, at construction;
 - `bind_pairs(pairs, student)`: the layer pairs bound to its layers (or its stored features);
 - `check_soft_loss(soft_term)`: whether the chosen soft loss can use what it provides;
-- `check_first_batch(x)`: the once-per-`fit` check that its outputs on the first batch are finite;
+- `check_first_batch(x)`: the once-per-`fit` check that its outputs on the first batch are finite; returns
+  them, `[(who, logits)]`, for the distiller's other checks of that batch (labels, the teacher's accuracy);
 - `forward(x, pairs)`: `(logits, features)` for one batch, outside the gradient computation;
 - `targets(logits, temperature)`: the logits the soft loss compares with the student's (a several-teacher
   source mixes its teachers' tempered probabilities here);
@@ -48,7 +49,11 @@ class TeacherSource:
         return soft_term
 
     def check_first_batch(self, x):
-        """Raises when the teacher's outputs on the first batch of training are not finite."""
+        """Raises when the teacher's outputs on the first batch of training are not finite; returns `[(who, logits)]`.
+
+        `who` names each teacher in messages (`"The teacher 'big'"`); a source without models returns `[]`.
+        """
+        return []
 
     def forward(self, x, pairs):
         raise NotImplementedError
@@ -106,18 +111,22 @@ class ModelTeacher(TeacherSource):
         self.weights = weights
 
     def check_student(self, student):
+        validation.check_separate_models(self.model, student)
         text.check_shared_vocabulary(self.model, student)
         validation.check_model_pair(self.model, student)
+        validation.warn_if_student_is_larger([self.model], student)
 
     def bind_pairs(self, pairs, student):
         return BoundPairs(pairs, self.model, student)
 
     def check_first_batch(self, x):
         if is_cached(x):
-            return  # refused with its own message by the step
+            return []  # refused with its own message by the step
         inputs = teacher_view(x)
         outputs = self.model(inputs, training=False)
-        validation.check_finite_teacher_outputs(f"The teacher {self.model.name!r}", outputs, inputs, FIRST_BATCH)
+        who = f"The teacher {self.model.name!r}"
+        validation.check_finite_teacher_outputs(who, outputs, inputs, FIRST_BATCH)
+        return [(who, outputs)]
 
     def forward(self, x, pairs):
         _refuse_cached_batch(x)
@@ -139,9 +148,12 @@ class EnsembleTeacher(TeacherSource):
         validation.check_teacher_output_shapes(self.models, [validation.known_output_shape(t) for t in self.models])
 
     def check_student(self, student):
+        for index, model in enumerate(self.models):
+            validation.check_separate_models(model, student, role=f"teacher[{index}]")
         for model in self.models:
             text.check_shared_vocabulary(model, student)
             validation.check_model_pair(model, student)
+        validation.warn_if_student_is_larger(self.models, student)
 
     def bind_pairs(self, pairs, student):
         if isinstance(pairs, (list, tuple)) and pairs:
@@ -155,11 +167,15 @@ class EnsembleTeacher(TeacherSource):
 
     def check_first_batch(self, x):
         if is_cached(x):
-            return
+            return []
         inputs = teacher_view(x)
+        outputs = []
         for index, model in enumerate(self.models):
             label = f"teacher[{index}] {model.name!r}"
-            validation.check_finite_teacher_outputs(label, model(inputs, training=False), inputs, FIRST_BATCH)
+            logits = model(inputs, training=False)
+            validation.check_finite_teacher_outputs(label, logits, inputs, FIRST_BATCH)
+            outputs.append((label, logits))
+        return outputs
 
     def forward(self, x, pairs):
         _refuse_cached_batch(x)
@@ -224,7 +240,7 @@ class CachedTeacher(TeacherSource):
 
     def check_first_batch(self, x):
         if not is_cached(x):
-            return  # refused with its own message by the step
+            return []  # refused with its own message by the step
         validation.check_finite_teacher_outputs(
             f"The teacher cache in {self.cache.directory}",
             cached_teacher_outputs(x),
@@ -233,6 +249,7 @@ class CachedTeacher(TeacherSource):
             fix="Rebuild it with TeacherCache.build(..., dtype='float32') from a teacher with finite outputs "
             "(float16 stores values beyond 65504 as Inf).",
         )
+        return []  # stored outputs, no model: labels and accuracy are checked for model teachers only
 
     def forward(self, x, pairs):
         if not is_cached(x):

@@ -482,8 +482,9 @@ def test_nan_inputs_are_named_as_the_cause():
     x[3, 2] = np.nan
     distiller = keras_kd.Distiller(*models()).compile()
     with pytest.raises(
-        ValueError, match=r"The teacher 'teacher' gave 3 non-finite values.*inputs already hold 1 non-finite values: "
-        "clean the data"
+        ValueError,
+        match=r"The teacher 'teacher' gave 3 non-finite values.*inputs already hold 1 non-finite values: "
+        "clean the data",
     ):
         distiller.fit(x, y, batch_size=16, epochs=1, verbose=0)
 

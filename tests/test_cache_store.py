@@ -56,11 +56,11 @@ def enospc(*args, **kwargs):
 def full_disk_after_some_bytes(monkeypatch):
     """Makes the next .npy write put a few bytes in the file, then fail like a full disk."""
 
-    def write_array(file, array, **kwargs):
+    def write_npy(file, array):
         file.write(b"\x93NUMPY partial")
         enospc()
 
-    monkeypatch.setattr(shards_module.npy_format, "write_array", write_array)
+    monkeypatch.setattr(shards_module, "write_npy", write_npy)
 
 
 # ------------------------------------------------------------------------------------ round trip

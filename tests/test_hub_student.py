@@ -1,4 +1,8 @@
 import functools
+import json
+import os
+import subprocess
+import sys
 
 import keras
 import numpy as np
@@ -96,6 +100,8 @@ def test_backbone_student_copies_embeddings_chosen_layers_norms_and_computes_the
     assert student.num_layers == 2 and student.get_config()["num_layers"] == 2
     assert student.trainable and student.name == f"{teacher.name}_student"
     expected = {k: v for k, v in teacher.get_config().items() if k not in ("num_layers", "name")}
+    if family.startswith("llama"):  # the student's config also holds what LlamaBackbone.get_config forgets
+        expected["tie_word_embeddings"] = teacher.tie_word_embeddings
     assert {k: v for k, v in student.get_config().items() if k not in ("num_layers", "name")} == expected
     per_layer = teacher.get_layer("transformer_layer_0").count_params()
     assert student.count_params() == teacher.count_params() - 2 * per_layer
@@ -170,6 +176,26 @@ def test_causal_lm_student(task_class, family):
     )
 
 
+def test_a_tied_llama_student_keeps_its_tie_through_save_to_preset_and_save(tmp_path):
+    # KerasHub 0.32's LlamaBackbone.get_config forgets tie_word_embeddings: rebuilt from its files, a tied
+    # student would come back untied, and fail to load its weights.
+    teacher = keras_hub.models.LlamaCausalLM(shared_teacher("llama_tied"), preprocessor=None)
+    student = student_from_teacher(teacher, 2)
+    assert student.backbone.get_config()["tie_word_embeddings"] is True
+    assert type(student.backbone).get_config is keras_hub.models.LlamaBackbone.get_config  # the class is KerasHub's
+    inputs = token_inputs(teacher.backbone)
+    student.save_to_preset(str(tmp_path / "preset"))
+    student.save(tmp_path / "student.keras")
+    for restored in (
+        keras_hub.models.CausalLM.from_preset(str(tmp_path / "preset")),
+        keras.saving.load_model(tmp_path / "student.keras"),
+    ):
+        assert type(restored) is keras_hub.models.LlamaCausalLM and restored.backbone.tie_word_embeddings
+        np.testing.assert_allclose(
+            keras.ops.convert_to_numpy(restored(inputs)), keras.ops.convert_to_numpy(student(inputs)), atol=1e-6
+        )
+
+
 def test_task_with_a_preprocessor_shares_it_and_predicts_strings():
     vocabulary = ["[PAD]", "[UNK]", "[CLS]", "[SEP]", "[MASK]", "a", "few", "words", "more", "text"]
     tokenizer = keras_hub.models.BertTokenizer(vocabulary=vocabulary)
@@ -179,6 +205,63 @@ def test_task_with_a_preprocessor_shares_it_and_predicts_strings():
     assert student.preprocessor is teacher.preprocessor
     predictions = student.predict(["a few words"], verbose=0)
     assert predictions.shape == (1, 3) and np.all(np.isfinite(predictions))
+
+
+RELOAD_SCRIPT = r"""
+import json, sys, warnings
+import keras
+import keras_kd  # registers the serializable classes
+
+with warnings.catch_warnings(record=True) as caught:
+    warnings.simplefilter("always")
+    distiller = keras.saving.load_model(sys.argv[1])
+texts = json.loads(sys.argv[2])
+out = {
+    "warnings": [str(w.message) for w in caught if not issubclass(w.category, DeprecationWarning)],
+    "shared": distiller.student.preprocessor is distiller.teacher.preprocessor,
+    "student": distiller.predict(texts, verbose=0).tolist(),
+    "teacher": distiller.teacher.predict(texts, verbose=0).tolist(),
+}
+print("RESULT" + json.dumps(out))
+"""
+
+
+def test_distiller_of_a_student_sharing_the_preprocessor_reloads_in_a_fresh_process(tmp_path):
+    # The README's KerasHub recipe (issue 17): a fine-tuned task teacher, student_from_teacher sharing its
+    # preprocessor. Keras saves the shared tokenizer's vocabulary once and loses the sharing in the nested
+    # configs, so a second tokenizer used to load without a vocabulary ("expected str ... not NoneType"); and
+    # the fine-tuned teacher's own optimizer state used to load with "Skipping variable loading for optimizer".
+    pytest.importorskip("tensorflow")  # KerasHub's tokenizers
+    import keras_kd
+
+    words = ["the", "match", "ended", "in", "a", "draw", "shares", "fell", "after", "results", "film", "won"]
+    texts = ["the match ended in a draw", "shares fell after results", "the film won", "a draw after the match"]
+    labels = np.array([0, 1, 2, 0])
+    tokenizer = keras_hub.models.BertTokenizer(vocabulary=["[PAD]", "[UNK]", "[CLS]", "[SEP]", "[MASK]", *words])
+    preprocessor = keras_hub.models.BertTextClassifierPreprocessor(tokenizer, sequence_length=12)
+    teacher = keras_hub.models.BertTextClassifier(bert(), num_classes=3, preprocessor=preprocessor)
+    teacher.optimizer.build(teacher.trainable_variables)  # as fine-tuning the teacher with its own fit does
+    assert len(teacher.optimizer.variables) > 2
+    student = student_from_teacher(teacher, num_layers=1)
+    distiller = keras_kd.Distiller(teacher, student, temperature=2.0, alpha=0.5)
+    distiller.compile(optimizer="adam")
+    distiller.train_on_batch(texts, labels)
+    path = tmp_path / "distiller.keras"
+    distiller.save(path)
+
+    run = subprocess.run(
+        [sys.executable, "-c", RELOAD_SCRIPT, str(path), json.dumps(texts)],
+        env={**os.environ, "KERAS_BACKEND": keras.backend.backend()},
+        capture_output=True,
+        text=True,
+        timeout=240,
+    )
+    assert run.returncode == 0, run.stderr[-3000:]
+    result = json.loads(next(line for line in run.stdout.splitlines() if line.startswith("RESULT"))[len("RESULT") :])
+    assert result["shared"]
+    assert not [w for w in result["warnings"] if "optimizer" in w], result["warnings"]
+    np.testing.assert_allclose(result["student"], distiller.predict(texts, verbose=0), rtol=1e-5, atol=1e-5)
+    np.testing.assert_allclose(result["teacher"], teacher.predict(texts, verbose=0), rtol=1e-5, atol=1e-5)
 
 
 # --- errors -----------------------------------------------------------------------------------

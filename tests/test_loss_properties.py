@@ -21,8 +21,8 @@ variable `HYPOTHESIS_PROFILE`:
 Properties, and where each applies
 ----------------------------------
 The cases are the `*_loss` functions, the per-position functions (`soft_target_kl`, `reverse_kl`,
-`generalized_jsd`, `dkd`, `top_k_soft_target_kl`), `soft_target_loss` of a multi-teacher
-`mixture_logits`, and the `keras.losses.Loss` classes. The classes are checked against the
+`generalized_jsd`, `dkd`, `top_k_soft_target_kl`, `binary_soft_target_kl`), `soft_target_loss` of a
+multi-teacher `mixture_logits`, and the `keras.losses.Loss` classes. The classes are checked against the
 references (float32 and bfloat16), for finite values and for zero at equal inputs; the other
 properties are checked on the functions they call.
 
@@ -38,7 +38,8 @@ properties are checked on the functions they call.
    either way), with finite gradients with respect to the student (through the `*_loss` functions).
 4. Invariant to constants added to the logits, one per row (position) and independently for
    teacher and student, in float32: every softmax-based loss (soft targets, reverse KL,
-   generalized JSD, DKD, top-k, the mixture, where each teacher gets its own constants). Not the
+   generalized JSD, DKD, top-k, the mixture, where each teacher gets its own constants). Not the binary
+   (Bernoulli) losses, whose one logit per example is a log-odds, not a softmax's logits. Not the
    feature losses: the hint loss (MSE) changes when only one side moves (it is invariant only to a
    constant added to both sides), the cosine loss changes direction with a shift, attention
    transfer squares the activations, and the relational losses are invariant to translating all
@@ -79,6 +80,8 @@ from hypothesis import strategies as st
 from hypothesis.extra.numpy import arrays
 from keras import ops
 from test_losses_attention import at_reference
+from test_losses_binary import reference as binary_reference
+from test_losses_binary import reference_values as binary_reference_values
 from test_losses_dkd import reference as dkd_reference
 from test_losses_dkd import reference_terms as dkd_reference_terms
 from test_losses_features import cosine_reference, hint_reference
@@ -100,6 +103,8 @@ from keras_kd.losses import (
     RKDDistanceLoss,
     SoftTargetLoss,
     attention_transfer_loss,
+    binary_soft_target_kl,
+    binary_soft_target_loss,
     cosine_embedding_loss,
     dkd,
     dkd_loss,
@@ -252,6 +257,11 @@ def problems(draw, family, scale=None, same_shape=False):
             labels = draw(arrays(np.int32, leading, elements=st.integers(0, classes - 1)))
             return problem.replace(labels=labels, alpha=draw(weights), nckd_weight=draw(weights))
         return problem.replace(top_k=draw(sizes(1, classes - 1, 2)))
+    if family == "binary":
+        shape = (*draw(leading_shapes()), 1)
+        problem = Problem(draw(float_arrays(shape, scale)), draw(float_arrays(shape, scale)))
+        problem = problem.replace(temperature=draw(temperatures()))
+        return problem.replace(sample_weight=draw(sample_weights(shape[: draw(st.integers(1, len(shape) - 1))])))
     if family == "mixture":
         batch, teachers, classes = draw(sizes(1, 4, 3)), draw(sizes(1, 4, 2)), draw(sizes(2, 30, 6))
         teacher = draw(float_arrays((batch, teachers, classes), scale))
@@ -551,6 +561,21 @@ CASES = [
         mixture_reference_loss,
         softmax_atol,
         softmax=True,
+    ),
+    # ---- binary classifiers (one logit): the Bernoulli KL. Not invariant to constants (a shift moves sigmoid).
+    Case(
+        "binary_soft_target_loss",
+        "binary",
+        lambda t, s, pr: binary_soft_target_loss(t, s, pr.temperature, sw(pr)),
+        lambda pr: binary_reference(pr.teacher, pr.student, pr.temperature, pr.sample_weight),
+        softmax_atol,
+    ),
+    Case(
+        "binary_soft_target_kl",
+        "binary",
+        lambda t, s, pr: binary_soft_target_kl(t, s, pr.temperature),
+        lambda pr: binary_reference_values(pr.teacher, pr.student, pr.temperature),
+        softmax_atol,
     ),
     # ---- top-k soft targets
     Case(

@@ -26,20 +26,23 @@ def example_weights(weight, batch):
 
 
 def distance_reference(t, s, weight=None):
-    """float64 RKD distance loss, pair by pair: Huber of the mean-normalised distances, i != j."""
+    """float64 RKD distance loss, entry by entry: the distances normalised by their mean over the pairs
+    i != j, then the Huber mean over all B**2 entries of the distance matrix, its zero diagonal included
+    (the authors' `F.smooth_l1_loss(d, t_d, reduction='elementwise_mean')`)."""
     t, s = flatten(t), flatten(s)
     w = example_weights(weight, len(t))
-    pairs = [(i, j) for i, j in itertools.product(range(len(t)), repeat=2) if i != j]
+    entries = list(itertools.product(range(len(t)), repeat=2))
+    pairs = [(i, j) for i, j in entries if i != j]
 
     def normalised(x):
-        d = {(i, j): np.linalg.norm(x[i] - x[j]) for i, j in pairs}
+        d = {(i, j): np.linalg.norm(x[i] - x[j]) for i, j in entries}
         total = sum(w[i] * w[j] for i, j in pairs)
         mu = sum(w[i] * w[j] * d[i, j] for i, j in pairs) / total if total else 0.0
-        return {pair: value / (mu if mu > 0 else 1.0) for pair, value in d.items()}
+        return {entry: value / (mu if mu > 0 else 1.0) for entry, value in d.items()}
 
     d_t, d_s = normalised(t), normalised(s)
-    num = sum(w[i] * w[j] * huber(d_s[i, j] - d_t[i, j]) for i, j in pairs)
-    den = sum(w[i] * w[j] for i, j in pairs)
+    num = sum(w[i] * w[j] * huber(d_s[i, j] - d_t[i, j]) for i, j in entries)
+    den = sum(w[i] * w[j] for i, j in entries)
     return num / den if den else 0.0
 
 
@@ -49,13 +52,13 @@ def unit(v):
 
 
 def angle_reference(t, s, weight=None):
-    """float64 RKD angle loss, triplet by triplet: all (i, j, k) with i != j and k != j (i == k included)."""
+    """float64 RKD angle loss, triplet by triplet: the Huber mean over all B**3 triplets (i, j, k), the
+    degenerate ones (i == j or k == j: a zero difference, cosine 0 on both sides) included, as the
+    authors' `F.smooth_l1_loss(s_angle, t_angle, reduction='elementwise_mean')`."""
     t, s = flatten(t), flatten(s)
     w = example_weights(weight, len(t))
     num = den = 0.0
     for i, j, k in itertools.product(range(len(t)), repeat=3):
-        if i == j or k == j:
-            continue
         c_t = unit(t[i] - t[j]) @ unit(t[k] - t[j])
         c_s = unit(s[i] - s[j]) @ unit(s[k] - s[j])
         num += w[i] * w[j] * w[k] * huber(c_s - c_t)
@@ -79,15 +82,44 @@ def test_matches_reference(name, loss_fn, reference, t_shape, s_shape):
     assert float(loss_fn(t, s)) == pytest.approx(reference(t, s), rel=1e-5)
 
 
-def test_angle_triplet_count_includes_i_equal_k():
-    # batch 3: 3 * 2 * 2 = 12 triplets, 6 with i != k, 6 with i == k (value 0)
+def test_angle_mean_runs_over_all_batch_cubed_triplets():
+    # batch 3: 3**3 = 27 triplets (the authors' count): 6 with i != j != k, 6 with i == k != j (value 0),
+    # 15 degenerate ones with i == j or k == j (cosine 0 on both sides, value 0)
     t = np.array([[0.0, 0.0], [1.0, 0.0], [0.0, 1.0]])
     s = np.array([[0.0, 0.0], [1.0, 0.0], [1.0, 1.0]])
     cosines_t = {(1, 0, 2): 0.0, (0, 1, 2): 1 / np.sqrt(2), (0, 2, 1): 1 / np.sqrt(2)}
     cosines_s = {(1, 0, 2): 1 / np.sqrt(2), (0, 1, 2): 0.0, (0, 2, 1): 1 / np.sqrt(2)}
-    expected = 2 * sum(huber(cosines_s[key] - cosines_t[key]) for key in cosines_t) / 12
+    expected = 2 * sum(huber(cosines_s[key] - cosines_t[key]) for key in cosines_t) / 27
     assert float(rkd_angle_loss(t, s)) == pytest.approx(expected, rel=1e-5)
     assert angle_reference(t, s) == pytest.approx(expected, rel=1e-12)
+
+
+def test_distance_mean_runs_over_all_batch_squared_entries():
+    # batch 3 on a line: distances 1, 2, 1 against a right isosceles triangle's 1, sqrt(2), 1; the Huber
+    # mean divides the 6 off-diagonal values by 3**2 = 9 (the authors' count), not by 6
+    t = np.array([[0.0, 0.0], [1.0, 0.0], [0.0, 1.0]])
+    s = np.array([[0.0], [1.0], [2.0]])
+    d_t = np.array([1.0, 1.0, np.sqrt(2.0)])  # pairs (0, 1), (0, 2), (1, 2)
+    d_s = np.array([1.0, 2.0, 1.0])
+    values = [huber(a / d_s.mean() - b / d_t.mean()) for a, b in zip(d_s, d_t)]
+    expected = 2 * sum(values) / 9
+    assert float(rkd_distance_loss(t, s)) == pytest.approx(expected, rel=1e-5)
+    assert distance_reference(t, s) == pytest.approx(expected, rel=1e-12)
+
+
+@pytest.mark.parametrize("batch", [3, 8])
+def test_distance_is_the_pair_mean_times_b_minus_1_over_b(batch):
+    # the mean over all B**2 entries is (B - 1) / B of the mean over the pairs i != j alone (0.875 at
+    # batch 8: a mean over the pairs would make the authors' distance_weight=25 14 % stronger)
+    rng = np.random.default_rng(12)
+    t = rng.normal(size=(batch, 4)).astype("float32")
+    s = rng.normal(size=(batch, 3)).astype("float32")
+    pairs = batch * (batch - 1)
+    d_t, d_s = (np.linalg.norm(x[:, None] - x[None], axis=-1) for x in (flatten(t), flatten(s)))
+    off = ~np.eye(batch, dtype=bool)
+    d_t, d_s = d_t / d_t[off].mean(), d_s / d_s[off].mean()
+    pair_mean = sum(huber(v) for v in (d_s - d_t)[off]) / pairs
+    assert float(rkd_distance_loss(t, s)) == pytest.approx(pair_mean * (batch - 1) / batch, rel=1e-5)
 
 
 @LOSSES
@@ -179,7 +211,7 @@ def test_distance_precise_for_embeddings_with_a_large_common_offset():
 def test_angle_batch_of_two_is_zero():
     rng = np.random.default_rng(8)
     t, s = rng.normal(size=(2, 2, 3)).astype("float32")
-    # only i == k triplets: both cosines are 1 (up to float32 rounding)
+    # only degenerate and i == k triplets: both cosines are 0 or 1 (up to float32 rounding)
     assert float(rkd_angle_loss(t, s)) == pytest.approx(0.0, abs=1e-12)
     assert angle_reference(t, s) == pytest.approx(0.0, abs=1e-24)
 

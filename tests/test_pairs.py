@@ -64,7 +64,7 @@ def test_logged_terms_add_up_to_the_loss_and_match_the_loss_functions():
 
     hint = 2.0 * float(hint_loss(features(teacher, "block1"), features(student, "block1")))
     assert logs["hint_loss"] == pytest.approx(hint, rel=1e-5)
-    attention = 500.0 * float(attention_transfer_loss(features(teacher, "block2"), features(student, "block2")))
+    attention = 1000.0 * float(attention_transfer_loss(features(teacher, "block2"), features(student, "block2")))
     assert logs["attention_loss"] == pytest.approx(attention, rel=1e-5)
 
 

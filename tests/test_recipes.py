@@ -156,7 +156,8 @@ def test_cache_true_uses_a_temporary_directory_from_a_dataset(tmp_path, monkeypa
     dataset = tf.data.Dataset.from_tensor_slices((x, y)).batch(32)
     _, report = keras_kd.recipes.progressive(teacher, [mlp(4, "student")], dataset, 1, cache=True, verbose=0)
     assert np.isfinite(report[0]["loss"])
-    assert os.listdir(tmp_path) == []  # removed after the stage
+    # Removed after the stage (TensorFlow's autograph writes its own generated files to the temporary directory).
+    assert [name for name in os.listdir(tmp_path) if not name.startswith("__autograph_generated_file")] == []
 
 
 def test_progressive_prints_stage_headers(capsys):

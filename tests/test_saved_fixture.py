@@ -18,9 +18,8 @@ SCRIPT = r"""
 import json, sys
 import numpy as np
 import keras
-import keras_kd
+import keras_kd  # registers the serializable classes
 
-keras_kd.Distiller  # registers the serializable classes
 distiller = keras.saving.load_model(sys.argv[1])
 data = np.load(sys.argv[2])
 x, y = data["x"], data["y"]
@@ -63,8 +62,17 @@ def test_distiller_saved_by_e5fc1f9_loads_and_fits():
     np.testing.assert_allclose(result["teacher_logits"], expected["teacher_logits"], rtol=1e-5, atol=1e-5)
     stored_logs = dict(zip(expected["log_names"].tolist(), expected["log_values"].tolist()))
     assert set(result["logs"]) == set(stored_logs)
+    # Relational KD now averages over all B**2 distance and B**3 angle entries, as its authors' code does
+    # (issue 17): at batch 64 its term is (63/64) of the old distance term plus (63/64)**2 of the old angle
+    # term. Every other logged value, and the loss less the relational term, are unchanged.
+    old_relational, new_relational = stored_logs["relational_loss"], result["logs"]["relational_loss"]
+    assert old_relational * (63 / 64) ** 2 * (1 - 1e-5) <= new_relational <= old_relational * (63 / 64) * (1 + 1e-5)
+    np.testing.assert_allclose(
+        result["logs"]["loss"] - new_relational, stored_logs["loss"] - old_relational, rtol=1e-4, atol=1e-5
+    )
     for name, value in stored_logs.items():
-        np.testing.assert_allclose(result["logs"][name], value, rtol=1e-4, err_msg=name)
+        if name not in ("loss", "relational_loss"):
+            np.testing.assert_allclose(result["logs"][name], value, rtol=1e-4, err_msg=name)
     assert result["temperature"] == 3.0 and abs(result["alpha"] - 0.3) < 1e-7
     assert result["pairs"] == ["Hint", "Relational"]
     assert result["optimizer_iterations"] == 8  # 2 epochs of 4 batches, restored with the optimizer state

@@ -360,3 +360,38 @@ def test_tf_data_form_yields_the_same_batches(tmp_path):
     assert all(sorted(e.tolist()) == sorted(y.tolist()) for e in epochs)
     assert not np.array_equal(epochs[0], epochs[1])  # a new order each epoch
     assert TeacherCache(str(tmp_path / "c"), cache_shards=1).dataset(16).as_tf_dataset() is None  # not in memory
+
+
+def test_tf_data_form_reorders_each_epoch_and_repeats_with_a_seed(tmp_path):
+    pytest.importorskip("tensorflow")
+    x, y = data()
+    cache = build(mlp(16, "teacher"), tmp_path / "c", x, np.arange(N))  # labels: the examples' positions
+
+    def epochs(dataset, count=2):
+        return [[b[1].numpy().tolist() for b in dataset] for _ in range(count)]
+
+    # shuffle=False, but fit(shuffle=True): whole batches in a new order each epoch, each batch as stored
+    batch_order = epochs(cache.dataset(batch_size=16, shuffle=False).as_tf_dataset(shuffle_batches=True), 4)
+    stored = [list(range(start, min(start + 16, N))) for start in range(0, N, 16)]
+    assert all(sorted(epoch) == stored for epoch in batch_order)
+    assert len({str(epoch) for epoch in batch_order}) > 1
+    # shuffle=True: a permutation of all examples per epoch, the same sequence of them for the same seed
+    shuffled = [epochs(cache.dataset(batch_size=16, shuffle=True, seed=3).as_tf_dataset()) for _ in range(2)]
+    assert shuffled[0] == shuffled[1] and shuffled[0][0] != shuffled[0][1]
+    assert [len(b) for b in shuffled[0][0]] == [16, 16, 8]
+    assert all(sorted(sum(epoch, [])) == list(range(N)) for epoch in shuffled[0])
+
+
+def test_the_progress_bar_counts_towards_the_known_length(tmp_path, capsys):
+    import tensorflow as tf
+
+    teacher = mlp(16, "teacher")
+    x, y = data()
+    build(teacher, tmp_path / "arrays", x, y, verbose=1)  # in-memory arrays: examples
+    arrays = capsys.readouterr().out
+    assert f"{N}/{N}" in arrays and "Unknown" not in arrays, arrays
+    TeacherCache.build(teacher, tf.data.Dataset.from_tensor_slices((x, y)).batch(16), str(tmp_path / "tf"))
+    dataset = capsys.readouterr().out  # a dataset that knows its length: batches
+    assert "3/3" in dataset and "Unknown" not in dataset, dataset
+    TeacherCache.build(teacher, batches(x, y), str(tmp_path / "generator"))
+    assert "Unknown" in capsys.readouterr().out  # a generator cannot tell

@@ -1,6 +1,5 @@
 """`TeacherCache.build(..., top_k=K)`: the teacher's K largest logits per position, and training from them."""
 
-
 import keras
 import numpy as np
 import pytest

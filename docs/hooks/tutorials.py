@@ -6,6 +6,10 @@ plugin then renders (without executing it). The nav section titled "Tutorials" i
 gets one entry per notebook, in file-name order, after the pages it already lists, and the marker
 `<!-- tutorial list -->` in a page is replaced by a list of links to them, each titled by the
 notebook's first Markdown heading. Adding a notebook needs no change to `mkdocs.yml`.
+
+Every notebook's first heading reads `# <n>. <Subject>: <detail>`, `<n>` the number its file name
+starts with (`05_capacity_gap.ipynb`: `# 5. The capacity gap: ...`), so the navigation numbers the
+tutorials one way; `tests/test_docs_site.py` checks it.
 """
 
 import json
@@ -80,6 +84,7 @@ def on_page_markdown(markdown, page, config, files):
     else:
         here = os.path.dirname(page.file.src_uri)
         items = "\n".join(
-            f"1. [{_title(path)}]({os.path.relpath(f'tutorials/{path.name}', here or '.')})" for path in notebooks
+            # a bullet list: the titles carry the tutorials' numbers
+            f"- [{_title(path)}]({os.path.relpath(f'tutorials/{path.name}', here or '.')})" for path in notebooks
         )
     return markdown.replace(MARKER, items)

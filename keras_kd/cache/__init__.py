@@ -50,13 +50,18 @@ What is hashed, and where it is checked
   when a `ShardStore` reads the shard for the first time (`CacheCorruptError` on a mismatch or a
   missing file). A resumed build checks the sizes of the shards it keeps.
 * `example_fingerprints` gives a BLAKE2b-128 digest per example of the inputs; a builder stores it
-  under a key of its choice so that readers can check their data still matches the cache.
+  under a key of its choice so that readers can check their data still matches the cache. (A
+  teacher cache build over stored examples compares their labels and sample weights directly.)
+* `read_manifest` checks the type of every field; only regular files inside the directory are read
+  (no symbolic link, FIFO or device), and a shard no further than its entry's `bytes`.
 * `teacher_fingerprint` gives a BLAKE2b-128 hex digest of the teacher's class, config and weights;
   a builder puts it in the metadata, so a cache is never resumed or reused with another teacher.
 
 Every file is written atomically (temporary file in the same directory, flush, fsync,
 `os.replace`), and the manifest is rewritten after every shard, so an interrupted build (a crash,
-a full disk) leaves a valid, resumable cache and no half-written file.
+a full disk) leaves a valid, resumable cache and no half-written file. A writing store locks its
+directory (`flock` on the directory itself), so a second writer is refused before it touches
+anything.
 """
 
 from keras_kd.cache.fingerprints import example_fingerprints, teacher_fingerprint

@@ -9,16 +9,24 @@
 3. `_open_store`: the `ShardStore` of the whole cache or of this process's part, resumed when a
    build was interrupted;
 4. `_write_batches`: per batch, the examples a resumed build already stored are checked
-   (`_check_resumed`) and skipped, the teacher runs (`_TeacherForward`) on the rest, and
-   `_batch_arrays` lays them out as stored;
+   (`_check_resumed`: inputs, labels and sample weights) and skipped, the teacher runs
+   (`_TeacherForward`) on the rest, and `_batch_arrays` lays them out as stored; a `_Writer`
+   thread fingerprints them and writes the shards while the teacher runs on the next batches;
 5. for a distributed build, `_gather_parts`: process 0 writes the manifest over every part.
+
+Two builds never write one directory at once: the store locks it (`shards.DirectoryLock`), and the
+processes of a distributed build share a lock on the top directory, after checking that it holds
+no other cache (`_lock_distributed_target`).
 
 `numpy_batches` reads the user's data as `(x, y, sample_weight)` NumPy batches; `TeacherCache.attach`
 reads its inputs through it too, so that their fingerprints are computed as the build computed them.
 """
 
+import functools
 import itertools
+import json
 import os
+import threading
 import time
 
 import keras
@@ -38,9 +46,9 @@ from keras_kd.cache.schema import (
     input_spec,
     leaves,
 )
-from keras_kd.cache.shards import part_name, read_manifest
+from keras_kd.cache.shards import DirectoryLock, is_temp_file, part_name, read_manifest, unwritable_error
 from keras_kd.cache.store import ShardStore
-from keras_kd.data.arrays import batch_size_of, dataset_batches, is_in_memory, unpack_batch
+from keras_kd.data.arrays import batch_count, batch_size_of, dataset_batches, is_in_memory, unpack_batch
 from keras_kd.data.batch_keys import student_view, teacher_view
 from keras_kd.features import layer_paths
 from keras_kd.features.capture import capture, captured_output
@@ -65,12 +73,23 @@ def build_cache(
         raise ValueError("data is empty: there is nothing to run the teacher on.")
     metadata = _metadata(teachers, dtype, pair_paths, top_k, first)
     part = None if part is None else _check_part(part)
-    store = _open_store(directory, metadata, part, examples_per_shard)
-    forward = _TeacherForward(teachers, pair_paths, layers, top_k)
-    _write_batches(store, forward, metadata, itertools.chain([first], batches), verbose)
-    store.finish()
-    if part is not None:
-        _gather_parts(directory, metadata, *part, 3600.0 if wait_timeout is None else wait_timeout)
+    progress = _progress(data, batch_size) if verbose else None
+    # A distributed build shares the top directory's lock with its other parts, after checking that it
+    # holds no other cache: a single-process build cannot start there meanwhile, nor these parts beside one.
+    shared_lock = None if part is None else _lock_distributed_target(directory, metadata, part[1])
+    try:
+        store = _open_store(directory, metadata, part, examples_per_shard)
+        try:
+            forward = _TeacherForward(teachers, pair_paths, layers, top_k)
+            _write_batches(store, forward, metadata, itertools.chain([first], batches), progress)
+            store.finish()
+        finally:
+            store.close()  # releases the directory's lock, also when the build failed: a new one resumes
+        if part is not None:
+            _gather_parts(directory, metadata, *part, 3600.0 if wait_timeout is None else wait_timeout)
+    finally:
+        if shared_lock is not None:
+            shared_lock.release()
     return directory
 
 
@@ -96,6 +115,13 @@ def _check_arguments(teacher, dtype, top_k, pairs, part, wait_timeout):
 def _metadata(teachers, dtype, pair_paths, top_k, first):
     """The manifest's metadata (see `keras_kd.cache.teacher_cache`), from the first batch `(x, y, sample_weight)`."""
     x0, y0, sw0 = first
+    _check_numbers(
+        y0,
+        "labels y",
+        "Map them to class ids first (keras.layers.StringLookup, or "
+        "np.unique(y, return_inverse=True)[1]) and build again.",
+    )
+    _check_numbers(sw0, "sample weights", "Cast them to float32 first and build again.")
     metadata = {
         "kind": KIND,
         "teacher": _fingerprints(teachers),
@@ -126,32 +152,134 @@ def _open_store(directory, metadata, part, examples_per_shard):
     )
 
 
-def _write_batches(store, forward, metadata, batches, verbose):
-    """Appends every batch's examples to `store`, but those a resumed build stored already (checked, skipped)."""
+def _progress(data, batch_size):
+    """`(keras.utils.Progbar, unit)`: its target is the number of examples of in-memory data, the number of
+    batches of a dataset that knows it (`len`, a `tf.data` cardinality), unknown otherwise."""
+    if is_in_memory(data):
+        x = unpack_batch(data)[0]
+        return keras.utils.Progbar(batch_size_of(x), unit_name="example"), "example"
+    return keras.utils.Progbar(batch_count(data), unit_name="batch"), "batch"
+
+
+def _write_batches(store, forward, metadata, batches, progress):
+    """Appends every batch's examples to `store`, but those already stored (checked, skipped).
+
+    The teacher runs here; a `_Writer` thread fingerprints each batch and appends it to the store
+    (writing the shards), in order, while the teacher runs on the next batches.
+    """
     skip = store.stored_examples
-    progbar = keras.utils.Progbar(None, unit_name="example") if verbose else None
+    progbar, unit = progress if progress is not None else (None, None)
     position = 0
-    for x, y, sample_weight in batches:
-        n = batch_size_of(x)
-        _check_same_structure(metadata, y, sample_weight, position)
-        fingerprints = example_fingerprints(x)
-        done = min(max(skip - position, 0), n)
-        if done:
-            _check_resumed(store, position, fingerprints[:done])
-        if done < n:
-            if done:  # the first `done` examples of this batch were stored before the interruption
-                x, y, sample_weight = (None if part is None else _slice(part, done) for part in (x, y, sample_weight))
-            arrays = _batch_arrays(forward, metadata, (x, y, sample_weight), position + done)
-            arrays[FINGERPRINT] = fingerprints[done:]
-            store.append(arrays)
-        position += n
-        if progbar is not None:
-            progbar.update(position)
+    with _Writer() as writer:
+        for count, (x, y, sample_weight) in enumerate(batches, 1):
+            n = batch_size_of(x)
+            _check_same_structure(metadata, y, sample_weight, position)
+            done = min(max(skip - position, 0), n)
+            if done:
+                _check_resumed(store, position, *(_first_rows(part, done) for part in (x, y, sample_weight)))
+            if done < n:
+                if store.complete:
+                    raise _more_data_than_stored(store, position + done)
+                if done:  # the first `done` examples of this batch were stored before the interruption
+                    x, y, sample_weight = (None if p is None else _slice(p, done) for p in (x, y, sample_weight))
+                arrays = _batch_arrays(forward, metadata, (x, y, sample_weight), position + done)
+                size = sum(a.nbytes for a in arrays.values()) + sum(leaf.nbytes for leaf in keras.tree.flatten(x))
+                writer.submit(functools.partial(_append, store, arrays, x), size)
+            position += n
+            if progbar is not None:
+                progbar.update(position if unit == "example" else count)
     if position < skip:
+        if store.complete:
+            raise ValueError(
+                f"{store.directory} holds a complete teacher cache of {skip} examples of this teacher, but the data "
+                f"has only {position}: it is other data. Give a fresh directory for it, or delete {store.directory} "
+                "to rebuild the cache."
+            )
         raise ValueError(
             f"The interrupted build in {store.directory} stored {skip} examples, but the data has only {position}: "
             "the data changed since. Use a fresh directory, or delete this one to rebuild."
         )
+
+
+def _append(store, arrays, x):
+    """On the writer thread: the batch's fingerprints, then its rows into the store (which writes full shards)."""
+    arrays[FINGERPRINT] = example_fingerprints(x)
+    store.append(arrays)
+
+
+def _more_data_than_stored(store, position):
+    return ValueError(
+        f"{store.directory} holds a complete teacher cache of {store.stored_examples} examples of this teacher, but "
+        f"the data goes on past them (example {position} and later): it is other data. Give a fresh directory for "
+        f"it, or delete {store.directory} to rebuild the cache."
+    )
+
+
+class _Writer:
+    """One thread that runs the jobs given to `submit` in order: the build's hashing and shard writes.
+
+    The teacher's next batches run meanwhile (the `fsync` of a shard waits for the disk, NumPy and
+    hashlib release the GIL on large arrays). At most `max_bytes` of batches wait (at least one);
+    `submit` blocks beyond. An exception in a job is raised by the next `submit` or on leaving the
+    `with` block, and the jobs after it are dropped. Leaving the block waits for the jobs given so
+    far, also when the build raised: the shards of the examples processed so far are written, as a
+    resumed build expects.
+    """
+
+    def __init__(self, max_bytes=256 << 20):
+        self._max_bytes = max_bytes
+        self._jobs = []
+        self._pending_bytes = 0
+        self._closing = False
+        self._error = None
+        self._condition = threading.Condition()
+        self._thread = threading.Thread(target=self._run, name="keras_kd-cache-writer", daemon=True)
+        self._thread.start()
+
+    def submit(self, job, size):
+        with self._condition:
+            while self._jobs and self._pending_bytes + size > self._max_bytes and self._error is None:
+                self._condition.wait()
+            self._raise_error()
+            self._jobs.append((job, size))
+            self._pending_bytes += size
+            self._condition.notify_all()
+
+    def _raise_error(self):
+        if self._error is not None:
+            error, self._error = self._error, None
+            raise error
+
+    def _run(self):
+        while True:
+            with self._condition:
+                while not self._jobs and not self._closing:
+                    self._condition.wait()
+                if not self._jobs:
+                    return
+                job, size = self._jobs[0]
+            try:
+                if self._error is None:
+                    job()
+            except BaseException as error:  # raised in the building thread
+                with self._condition:
+                    self._error = error
+            with self._condition:
+                self._jobs.pop(0)
+                self._pending_bytes -= size
+                self._condition.notify_all()
+
+    def __enter__(self):
+        return self
+
+    def __exit__(self, kind, value, traceback):
+        with self._condition:
+            self._closing = True
+            self._condition.notify_all()
+        self._thread.join()
+        if kind is None:
+            self._raise_error()
+        return False
 
 
 def _batch_arrays(forward, metadata, batch, first):
@@ -160,6 +288,7 @@ def _batch_arrays(forward, metadata, batch, first):
     `first` is the position of the batch's first example, for the error on non-finite outputs.
     """
     x, y, sample_weight = batch
+    checks.check_finite_inputs(x, "TeacherCache.build's data", first)
     logits, features = forward.predict_on_batch(teacher_view(x))
     arrays = {key: np.asarray(leaf) for key, leaf in leaves(metadata["inputs"], student_view(x))}
     if y is not None:
@@ -204,7 +333,17 @@ class _TeacherForward(keras.Model):
         self.top_k = top_k
         # A plain function, so that Keras does not track the teacher's inner layers a second time.
         self._run_teacher = lambda x: _forward_with_features(teachers[0], pair_paths, layers, x)
+        # One teacher's logits alone are what its own `predict_on_batch` computes: its compiled predict
+        # step (shared with the user's `teacher.predict`) serves every build, instead of a compilation
+        # per build on JAX.
+        self._teacher_predicts = len(teachers) == 1 and not pair_paths and top_k is None
         self.built = True
+
+    def predict_on_batch(self, x):
+        """`(logits, features)` of a batch as NumPy: features per pair, logits per `top_k`, stacked per teacher."""
+        if self._teacher_predicts:
+            return _checked_teacher_output(self.teachers[0].predict_on_batch(x), self.teachers[0]), []
+        return super().predict_on_batch(x)
 
     def call(self, x, training=False):
         teachers = self.teachers
@@ -310,9 +449,10 @@ def _check_same_structure(metadata, y, sample_weight, position):
         )
 
 
-def _check_resumed(store, position, fingerprints):
-    stored = store.get(np.arange(position, position + len(fingerprints)))[FINGERPRINT]
-    mismatch = np.flatnonzero(np.any(stored != fingerprints, axis=1))
+def _check_resumed(store, position, x, y, sample_weight):
+    """Raises when the examples from `position` on (`x`, `y`, `sample_weight`) are not the ones stored there."""
+    stored = store.get(np.arange(position, position + batch_size_of(x)))
+    mismatch = np.flatnonzero(np.any(stored[FINGERPRINT] != example_fingerprints(x), axis=1))
     if mismatch.size:
         raise ValueError(
             f"The data changed since the interrupted build in {store.directory}: example "
@@ -320,6 +460,48 @@ def _check_resumed(store, position, fingerprints):
             "inputs). Resume with the same data in the same order (no shuffling, no augmentation), or use a fresh "
             "directory."
         )
+    for key, given, what in (("y", y, "labels y"), ("sample_weight", sample_weight, "sample weights")):
+        if given is None:
+            continue
+        row = _first_differing_row(stored[key], np.asarray(given))
+        if row is not None:
+            outcome = "return the stored ones" if store.complete else "mix stored and new ones"
+            raise ValueError(
+                f"The {what} of example {position + row} differ from those the cache in {store.directory} holds "
+                f"({_short(np.asarray(given)[row])} given, {_short(stored[key][row])} stored); its inputs are the "
+                f"same, so the build would {outcome}. Give a fresh directory for these {what}, or delete "
+                f"{store.directory} to rebuild the cache."
+            )
+
+
+def _first_differing_row(stored, given):
+    """The first row where `given` differs from `stored` (NaN equal to NaN), or None; any row if the shapes differ."""
+    if stored.shape != given.shape:
+        return 0
+    same = stored == given
+    if stored.dtype.kind == "f" and given.dtype.kind == "f":
+        same |= np.isnan(stored) & np.isnan(given)
+    rows = np.flatnonzero(~same.reshape(len(same), -1).all(axis=1))
+    return int(rows[0]) if rows.size else None
+
+
+def _short(value, limit=60):
+    text = np.array2string(np.asarray(value), threshold=8) if np.ndim(value) else repr(np.asarray(value).item())
+    return text if len(text) <= limit else text[: limit - 3] + "..."
+
+
+def _check_numbers(value, what, fix):
+    """Labels and sample weights are stored for the student's loss: numbers (or bools), not text or objects."""
+    if value is None:
+        return
+    for leaf in keras.tree.flatten(value):
+        dtype = np.asarray(leaf).dtype
+        if dtype.kind not in "biuf":
+            kind = "text" if dtype.kind in "SUO" else "not numbers"
+            raise ValueError(
+                f"The {what} have dtype {dtype} ({kind}), but a teacher cache stores them for the student's loss, "
+                f"which needs numbers. {fix}"
+            )
 
 
 def _finite(value, dtype, what, first):
@@ -356,6 +538,58 @@ def _check_part(part):
             f"got {part!r}."
         )
     return index, count
+
+
+def _lock_distributed_target(directory, metadata, count):
+    """The shared lock of a distributed build's `directory`, taken once it is known to hold no other cache."""
+    try:
+        os.makedirs(directory, exist_ok=True)
+    except OSError as error:
+        raise unwritable_error(directory, error) from None
+    lock = DirectoryLock(directory, shared=True)
+    try:
+        _check_distributed_target(directory, metadata, count)
+    except BaseException:
+        lock.release()
+        raise
+    return lock
+
+
+def _check_distributed_target(directory, metadata, count):
+    """Refuses, before anything is written, a directory whose gathered manifest `_gather_parts` would overwrite."""
+    manifest = _manifest_or_none(directory)
+    parts = [part_name(i, count) for i in range(count)]
+    if manifest is None:
+        others = sorted(name for name in os.listdir(directory) if name not in parts and not is_temp_file(name))
+        if others:
+            raise ValueError(
+                f"{directory} is not empty and has no manifest.json, so it is not a teacher cache: it holds "
+                f"{others[:5]}{' ...' if len(others) > 5 else ''}. Give a new or empty directory."
+            )
+        return
+    stored, given = manifest["metadata"], json.loads(json.dumps(metadata))
+    state = "complete" if manifest["complete"] else "interrupted"
+    if stored.get("teacher") != given["teacher"]:
+        raise ValueError(
+            f"{directory} holds the {state} teacher cache of another teacher (fingerprint {stored.get('teacher')}; "
+            f"this build's teacher has {given['teacher']}). A distributed build there would overwrite its manifest "
+            f"and orphan its shards, so nothing was written. Give a fresh directory, or delete {directory} to "
+            "replace that cache."
+        )
+    differing = sorted(key for key in set(stored) | set(given) if stored.get(key) != given.get(key))
+    if differing:
+        raise ValueError(
+            f"{directory} holds the {state} teacher cache of this teacher (fingerprint {given['teacher']}) built with "
+            f"other settings or data (metadata keys {differing}). A distributed build there would overwrite its "
+            f"manifest and orphan its shards, so nothing was written. Give a fresh directory, or delete {directory} "
+            "to replace that cache."
+        )
+    if not all(entry["file"].split("/")[0] in parts for entry in manifest["shards"]):
+        raise ValueError(
+            f"{directory} holds the {state} teacher cache of this teacher and data, written by a single process or "
+            f"by a distributed build of another part count; part=(index, {count}) would overwrite its manifest. "
+            "Open it with TeacherCache(directory), or give a fresh directory."
+        )
 
 
 def _manifest_or_none(directory):
@@ -437,3 +671,7 @@ def _array_batches(data, batch_size):
 
 def _slice(structure, start, stop=None):
     return keras.tree.map_structure(lambda a: a[start:stop], structure)
+
+
+def _first_rows(structure, stop):
+    return None if structure is None else _slice(structure, 0, stop)

@@ -50,31 +50,55 @@ class CacheDataset(keras.utils.PyDataset):
         """The same batches as a `tf.data.Dataset` over the cache held in memory; None when it is not.
 
         Every epoch visits every example once, in a new order when `shuffle` (a permutation of
-        the whole cache, as `dataset` shuffles a cache that fits in memory), and
-        `shuffle_batches` also reorders the batches each epoch (what `fit(shuffle=True)` does
-        to a `PyDataset`). TensorFlow's `fit` reads it without a Python call per batch.
+        the whole cache, as `dataset` shuffles a cache that fits in memory), and without `shuffle`
+        `shuffle_batches` reorders the batches each epoch (what `fit(shuffle=True)` does to a
+        `PyDataset`; a permutation of all examples needs no more). TensorFlow's `fit` reads it
+        without a Python call per batch.
         """
         resident = self.cache.resident_arrays()
         if resident is None:
             return None
         import tensorflow as tf
 
-        cache = self.cache
+        cache, examples, size = self.cache, len(self.cache), self.batch_size
         arrays = {key: array for key, array in resident.items() if key != FINGERPRINT}
-        # Shuffle and batch example indices, then gather each batch from the arrays, as Keras's own
-        # array adapter does: shuffling whole examples would copy every one through a shuffle buffer.
-        indices = tf.data.Dataset.range(len(cache))
+        # Batches of example indices, each gathered from the arrays, as Keras's own array adapter does:
+        # shuffling whole examples would copy every one through a shuffle buffer, and even a shuffle
+        # buffer of indices costs a per-element step per example before each epoch's first batch.
         if self.shuffle:
-            indices = indices.shuffle(len(cache), seed=self.seed, reshuffle_each_iteration=True)
-        indices = indices.batch(self.batch_size)
-        if shuffle_batches:
-            indices = indices.shuffle(len(self), seed=self.seed, reshuffle_each_iteration=True)
+            # One permutation per epoch, drawn in one op: `Dataset.random` gives each iteration (epoch)
+            # of the dataset a new seed, a reproducible sequence of them for a given `seed`.
+            seeds = tf.data.Dataset.random(seed=self.seed, rerandomize_each_iteration=True).take(1)
+            indices = seeds.map(
+                lambda seed: tf.random.experimental.stateless_shuffle(
+                    tf.range(examples, dtype=tf.int64), seed=tf.stack([seed, tf.constant(0, tf.int64)])
+                )
+            ).flat_map(lambda order: _batches_of(tf, order, examples, size))
+            indices = indices.apply(tf.data.experimental.assert_cardinality(len(self)))  # Keras counts the steps
+        else:
+            order = tf.data.Dataset.range(len(self))
+            if shuffle_batches:
+                order = order.shuffle(len(self), seed=self.seed, reshuffle_each_iteration=True)
+            indices = order.map(lambda b: tf.range(b * size, tf.minimum((b + 1) * size, examples)))
         dataset = tf.data.Dataset.zip((indices, tf.data.Dataset.from_tensors(arrays).repeat()))
 
         def pack(index, data):
             return cache.pack_batch({key: tf.gather(array, index) for key, array in data.items()}, tf.cast)
 
-        return dataset.map(pack, num_parallel_calls=tf.data.AUTOTUNE).prefetch(tf.data.AUTOTUNE)
+        dataset = dataset.map(pack, num_parallel_calls=tf.data.AUTOTUNE)
+        options = tf.data.Options()
+        # As Keras's array adapter: no static rewrites of this small pipeline at each epoch's iterator.
+        options.experimental_optimization.apply_default_optimizations = False
+        return dataset.with_options(options).prefetch(tf.data.AUTOTUNE)
+
+
+def _batches_of(tf, order, examples, size):
+    """A dataset of the batches of `size` indices of `order` (a vector of `examples` indices), the last smaller."""
+    full = examples // size
+    batches = tf.data.Dataset.from_tensor_slices(tf.reshape(order[: full * size], [full, size]))
+    if examples % size:
+        batches = batches.concatenate(tf.data.Dataset.from_tensors(order[full * size :]))
+    return batches
 
 
 class _AttachedArrays(CacheDataset):

@@ -66,6 +66,10 @@ def _object_bytes(path, row):
     return b"".join(parts)
 
 
+def _by_element(array):
+    return array.dtype == object or (array.ndim == 1 and array.dtype.kind in "SU")
+
+
 def example_fingerprints(inputs):
     """One BLAKE2b-128 digest per example of a batch of inputs.
 
@@ -99,19 +103,32 @@ def example_fingerprints(inputs):
             f"The inputs disagree on the batch size ({listed}). Every input array needs the same first dimension."
         )
     batch = leaves[0][1].shape[0]
+    if batch == 0:
+        return np.empty((0, DIGEST_SIZE), dtype=np.uint8)
     # Position in the structure, dtype and per-example shape: the same for every example of the batch.
     headers = [f"{path}|{array.dtype}|{tuple(array.shape[1:])}\n".encode() for path, array in leaves]
-    out = np.empty((batch, DIGEST_SIZE), dtype=np.uint8)
-    for i in range(batch):
-        digest = hashlib.blake2b(digest_size=DIGEST_SIZE)
-        for header, (path, array) in zip(headers, leaves):
-            digest.update(header)
-            if array.dtype == object:
-                digest.update(_object_bytes(path, array[i]))
-            else:
-                digest.update(array[i].tobytes())
-        out[i] = np.frombuffer(digest.digest(), dtype=np.uint8)
-    return out
+    # Row i of each leaf as one contiguous buffer (the bytes of `leaf[i]`, hashed without a copy); but an
+    # object array, and one string per example (a NumPy string scalar's bytes drop the padding).
+    rows = [array if _by_element(array) else array.reshape(batch, -1) for _, array in leaves]
+    digests = []
+    if len(leaves) == 1 and not _by_element(rows[0]):
+        # One array (the common case): the header's hash state is computed once and copied per example.
+        start, data = hashlib.blake2b(headers[0], digest_size=DIGEST_SIZE), rows[0]
+        for i in range(batch):
+            digest = start.copy()
+            digest.update(data[i])
+            digests.append(digest.digest())
+    else:
+        for i in range(batch):
+            digest = hashlib.blake2b(digest_size=DIGEST_SIZE)
+            for header, (path, _), data in zip(headers, leaves, rows):
+                digest.update(header)
+                if data.dtype == object:
+                    digest.update(_object_bytes(path, np.asarray(data[i], dtype=object)))
+                else:
+                    digest.update(data[i].tobytes() if data.ndim == 1 else data[i])
+            digests.append(digest.digest())
+    return np.frombuffer(b"".join(digests), dtype=np.uint8).reshape(batch, DIGEST_SIZE).copy()
 
 
 def teacher_fingerprint(model):

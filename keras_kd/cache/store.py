@@ -10,10 +10,14 @@ Reading (`ShardStore.open`, `get`) refuses an incomplete cache, and gathers any 
 order, reading each needed shard once per call and keeping the few most recently read shards in
 memory. A shard's SHA-256 is checked the first time a store object reads it.
 
-One process writes a directory at a time; any number may read a complete one.
+One build writes a directory at a time: `create` takes a lock on the directory (`shards.DirectoryLock`,
+released by `finish`, `close`, a failed write, or the end of the process) and refuses while
+another holds it, before it reads, deletes or writes anything there. Any number of processes may
+read a complete cache.
 """
 
 import collections
+import errno
 import json
 import os
 import threading
@@ -24,13 +28,17 @@ from keras_kd.cache.shards import (
     FORMAT,
     MANIFEST,
     CacheCorruptError,
+    DirectoryLock,
     check_arrays,
     corrupt_error,
     is_temp_file,
     load_shard,
+    open_regular_file,
     read_manifest,
     read_shard_bytes,
     shard_name,
+    shard_path,
+    unwritable_error,
     write_manifest,
     write_shard,
 )
@@ -68,6 +76,12 @@ def _save(directory, manifest):
     write_manifest(directory, {**ordered, **manifest})
 
 
+def _remove_temp_files(directory, names):
+    for name in names:
+        if is_temp_file(name):  # left by a write that was killed before it could clean up
+            os.remove(os.path.join(directory, name))
+
+
 def _read_only(array):
     view = array.view()
     view.flags.writeable = False
@@ -101,13 +115,14 @@ class ShardStore:
         self._manifest = manifest
         self._writable = writable
         self._examples_per_shard = examples_per_shard
-        self._buffer = []
+        self._buffer = None  # {key: rows of the shard being filled}, reused from shard to shard
         self._buffered = 0
         self._failed = None
         self._cache_shards = int(cache_shards)
         self._cache = collections.OrderedDict()
         self._verified = set()
         self._lock = threading.Lock()
+        self._directory_lock = None
         self._refresh_offsets()
 
     # ----------------------------------------------------------------------------------- writing
@@ -122,30 +137,68 @@ class ShardStore:
         manifest lists stay (a missing shard and every shard after it are dropped, so the build
         can redo them), and `stored_examples` says how many examples are already stored. A
         directory that has files but no manifest is refused, so that nothing else is overwritten.
+
+        The store locks the directory until `finish`, `close` or a failed write: while another
+        store writes there, `create` raises `RuntimeError` and touches nothing. Only then are the
+        temporary files of killed writes removed. A complete cache is opened as it is, without
+        writing (a read-only copy can be "built" again to verify it).
         """
         if isinstance(examples_per_shard, bool) or not isinstance(examples_per_shard, int) or examples_per_shard < 1:
             raise ValueError(f"examples_per_shard must be an int >= 1, got {examples_per_shard!r}.")
         metadata = _normalize_metadata(metadata)
         directory = os.fspath(directory)
-        os.makedirs(directory, exist_ok=True)
-        for name in os.listdir(directory):
-            if is_temp_file(name):  # left by a write that was killed before it could clean up
-                os.remove(os.path.join(directory, name))
-        if os.path.exists(os.path.join(directory, MANIFEST)):
+        try:
+            os.makedirs(directory, exist_ok=True)
+        except OSError as error:
+            raise unwritable_error(directory, error) from None
+        lock = DirectoryLock(directory)  # before anything is read or deleted: another build may be writing here
+        try:
+            manifest, on_disk = cls._prepare(directory, metadata)
+            if not manifest["complete"]:
+                manifest["examples_per_shard"] = examples_per_shard
+            if manifest != on_disk:
+                try:
+                    _save(directory, manifest)
+                except OSError as error:
+                    if error.errno in (errno.EACCES, errno.EPERM, errno.EROFS):
+                        raise unwritable_error(directory, error) from None
+                    raise
+        except BaseException:
+            lock.release()
+            raise
+        store = cls(directory, manifest, writable=True, examples_per_shard=examples_per_shard)
+        store._directory_lock = lock
+        return store
+
+    @classmethod
+    def _prepare(cls, directory, metadata):
+        """`(manifest to write from, manifest as on disk or None)`, the directory cleaned of what killed writes left."""
+        names = os.listdir(directory)
+        if MANIFEST in names:
             manifest = read_manifest(directory)
             cls._check_same_metadata(directory, manifest["metadata"], metadata)
-            manifest = cls._resumable(directory, manifest)
-        else:
-            others = sorted(os.listdir(directory))
-            if others:
-                raise ValueError(
-                    f"{directory} is not empty and has no {MANIFEST}, so it is not a teacher cache: it holds "
-                    f"{others[:5]}{' ...' if len(others) > 5 else ''}. Give a new or empty directory."
-                )
-            manifest = {"format": FORMAT, "complete": False, "metadata": metadata, "examples": 0, "shards": []}
-        manifest["examples_per_shard"] = examples_per_shard
-        _save(directory, manifest)
-        return cls(directory, manifest, writable=True, examples_per_shard=examples_per_shard)
+            on_disk = json.loads(json.dumps(manifest))
+            _remove_temp_files(directory, names)
+            return cls._resumable(directory, manifest), on_disk
+        others = sorted(name for name in names if not is_temp_file(name))
+        if others:
+            raise ValueError(
+                f"{directory} is not empty and has no {MANIFEST}, so it is not a teacher cache: it holds "
+                f"{others[:5]}{' ...' if len(others) > 5 else ''}. Give a new or empty directory."
+            )
+        _remove_temp_files(directory, names)
+        return {"format": FORMAT, "complete": False, "metadata": metadata, "examples": 0, "shards": []}, None
+
+    def close(self):
+        """Stops writing without finishing: releases the directory's lock; `create` resumes from `stored_examples`."""
+        if self._writable and not self.complete and self._failed is None:
+            self._failed = RuntimeError("the store was closed")
+        self._release()
+
+    def _release(self):
+        lock, self._directory_lock = self._directory_lock, None
+        if lock is not None:
+            lock.release()
 
     @classmethod
     def combine(cls, directory, parts, metadata):
@@ -157,6 +210,8 @@ class ShardStore:
         `metadata` plus a `"part"` entry, and every non-empty part the same schema.
         """
         metadata = _normalize_metadata(metadata)
+        if os.path.lexists(os.path.join(directory, MANIFEST)):  # never the manifest of another cache
+            cls._check_same_metadata(directory, read_manifest(directory)["metadata"], metadata)
         shards, schema, examples_per_shard = [], None, None
         for part in parts:
             part_directory = os.path.join(directory, part)
@@ -179,9 +234,10 @@ class ShardStore:
             "complete": True,
             "metadata": metadata,
             "examples": sum(entry["examples"] for entry in shards),
-            "examples_per_shard": examples_per_shard,
             "shards": shards,
         }
+        if examples_per_shard is not None:
+            combined["examples_per_shard"] = examples_per_shard
         if schema is not None:
             combined["schema"] = schema
         _save(directory, combined)
@@ -206,18 +262,28 @@ class ShardStore:
         """Keeps the listed shards up to the first missing one; deletes shard files no entry lists."""
         kept = []
         for index, entry in enumerate(manifest["shards"]):
-            if not isinstance(entry, dict) or entry.get("file") != shard_name(index):
-                raise CacheCorruptError(
-                    f"The manifest in {directory} has an invalid entry {entry!r} for shard {index}."
+            if "/" in entry["file"]:
+                raise ValueError(
+                    f"{directory} holds a teacher cache gathered from the parts of a distributed build, which one "
+                    "process cannot resume or extend. Open it with TeacherCache(directory); to build it again, call "
+                    "TeacherCache.build with the same part=(index, count) in each process, or use a fresh directory."
                 )
-            path = os.path.join(directory, entry["file"])
-            if not os.path.exists(path):
+            if entry["file"] != shard_name(index):
+                raise CacheCorruptError(
+                    f"The manifest in {directory} has an invalid entry {entry!r} for shard {index}. Rebuild the "
+                    "cache with TeacherCache.build into a fresh directory."
+                )
+            path = shard_path(directory, entry)
+            try:
+                file, size = open_regular_file(directory, path)
+            except FileNotFoundError:
                 break
-            if os.path.getsize(path) != entry.get("bytes"):
+            except Exception as error:  # a link, a FIFO, a device: not ours to read or overwrite
+                raise corrupt_error(path, f"{error.args[0] if error.args else error}, not a shard file") from None
+            file.close()
+            if size != entry["bytes"]:
                 raise corrupt_error(
-                    path,
-                    f"has the wrong size: expected {entry.get('bytes')} bytes, found {os.path.getsize(path)} "
-                    "(truncated or replaced)",
+                    path, f"has the wrong size: expected {entry['bytes']} bytes, found {size} (truncated or replaced)"
                 )
             kept.append(entry)
         if len(kept) < len(manifest["shards"]):
@@ -286,18 +352,38 @@ class ShardStore:
         self._check_schema(arrays)
         if "schema" not in self._manifest:
             self._manifest["schema"] = _schema_of(arrays)
-        if examples == 0:
+        size, start = self._examples_per_shard, 0
+        while start < examples:  # copied once, into the rows of the shard being filled
+            take = min(size - self._buffered, examples - start)
+            self._reserve(arrays, self._buffered + take)
+            for key, array in arrays.items():
+                self._buffer[key][self._buffered : self._buffered + take] = array[start : start + take]
+            self._buffered += take
+            start += take
+            if self._buffered == size:
+                self._write_buffer()
+
+    def _reserve(self, arrays, rows):
+        """Grows the shard buffer (doubling, up to a shard) to hold `rows` examples, keeping what it holds."""
+        capacity = 0 if self._buffer is None else len(next(iter(self._buffer.values())))
+        if rows <= capacity:
             return
-        self._buffer.append({key: np.array(array, copy=True) for key, array in arrays.items()})
-        self._buffered += examples
-        self._write_shards(final=False)
+        capacity = min(self._examples_per_shard, max(rows, 2 * capacity))
+        grown = {key: np.empty((capacity, *array.shape[1:]), dtype=array.dtype) for key, array in arrays.items()}
+        if self._buffered:
+            for key, array in grown.items():
+                array[: self._buffered] = self._buffer[key][: self._buffered]
+        self._buffer = grown
 
     def finish(self):
         """Writes the buffered rest as a last (smaller) shard and marks the cache complete."""
         if self._writable and self._failed is None and self.complete:
+            self._release()
             return
         self._check_writable()
-        self._write_shards(final=True)
+        if self._buffered:
+            self._write_buffer()
+        self._buffer = None
         self._manifest["complete"] = True
         try:
             _save(self._directory, self._manifest)
@@ -305,36 +391,30 @@ class ShardStore:
             self._manifest["complete"] = False
             self._failed = error
             raise
+        finally:
+            self._release()
 
-    def _write_shards(self, final):
-        size = self._examples_per_shard
-        if self._buffered == 0 or (self._buffered < size and not final):
-            return
-        keys = list(self._buffer[0])
-        merged = {key: np.concatenate([batch[key] for batch in self._buffer]) for key in keys}
-        start = 0
+    def _write_buffer(self):
+        """Writes the buffered examples as the next shard, then the manifest that lists it."""
+        rows = self._buffered
         try:
-            while self._buffered - start >= size or (final and start < self._buffered):
-                stop = min(start + size, self._buffered)
-                shards = self._manifest["shards"]
-                entry = write_shard(self._directory, len(shards), {key: merged[key][start:stop] for key in keys})
-                shards.append(entry)
-                self._manifest["examples"] += entry["examples"]
-                try:
-                    _save(self._directory, self._manifest)
-                except BaseException:
-                    shards.pop()  # the shard file is an orphan that a resumed build overwrites
-                    self._manifest["examples"] -= entry["examples"]
-                    raise
-                start = stop
+            shards = self._manifest["shards"]
+            rows_of_shard = {key: array[:rows] for key, array in self._buffer.items()}
+            entry = write_shard(self._directory, len(shards), rows_of_shard)
+            shards.append(entry)
+            self._manifest["examples"] += entry["examples"]
+            try:
+                _save(self._directory, self._manifest)
+            except BaseException:
+                shards.pop()  # the shard file is an orphan that a resumed build overwrites
+                self._manifest["examples"] -= entry["examples"]
+                raise
         except BaseException as error:
             self._failed = error
+            self._release()  # this store writes no more: let a new build resume
             raise
-        finally:
-            rest = self._buffered - start
-            self._buffer = [{key: merged[key][start:].copy() for key in keys}] if rest else []
-            self._buffered = rest
-            self._refresh_offsets()
+        self._buffered = 0
+        self._refresh_offsets()
 
     # ----------------------------------------------------------------------------------- reading
 

@@ -70,6 +70,7 @@ from keras_kd.cache.build import build_cache
 from keras_kd.cache.datasets import CacheDataset, attached
 from keras_kd.cache.fingerprints import example_fingerprints
 from keras_kd.cache.schema import (
+    DTYPES,
     FINGERPRINT,
     KIND,
     LOGITS,
@@ -79,7 +80,7 @@ from keras_kd.cache.schema import (
     feature_key,
     restore,
 )
-from keras_kd.cache.shards import read_manifest
+from keras_kd.cache.shards import MANIFEST, CacheCorruptError, read_manifest
 from keras_kd.cache.store import ShardStore
 from keras_kd.data.batch_keys import LOGITS_KEY, STUDENT_KEY, TEACHER_FEATURES_KEY, TOP_K_KEY, student_view
 
@@ -146,8 +147,9 @@ class TeacherCache:
                 f"{directory} holds a ShardStore that is not a TeacherCache (its metadata kind is "
                 f"{metadata.get('kind')!r}). Build it with keras_kd.TeacherCache.build."
             )
-        self._metadata = metadata
         self._schema = self._store.schema
+        _check_metadata(self._store.directory, metadata, self._schema)
+        self._metadata = metadata
         self._resident_arrays = None
 
     # ------------------------------------------------------------------------- building
@@ -209,10 +211,13 @@ class TeacherCache:
 
         Resuming: when `directory` holds an interrupted build with the same metadata (teacher
         fingerprint, dtype, pair paths, input structure, labels), the examples already stored are
-        skipped (the teacher does not run on them) after checking that their fingerprints equal
-        the stored ones; a difference means that the data changed since, and is an error. A
-        directory holding the complete cache of the same teacher and data is verified the same
-        way and returned as it is.
+        skipped (the teacher does not run on them) after checking that their fingerprints, labels
+        and sample weights equal the stored ones; a difference means that the data changed since,
+        and is an error. A directory holding the complete cache of the same teacher and data is
+        verified the same way and returned as it is (without writing to it).
+
+        One build writes a directory at a time: while another (in any process) writes it, `build`
+        raises `RuntimeError` and touches nothing there.
         """
         directory = build_cache(
             teacher,
@@ -445,6 +450,80 @@ class TeacherCache:
     def from_config(cls, config):
         """Opens the cache at `config["directory"]` again."""
         return cls(config["directory"])
+
+
+def _check_metadata(directory, metadata, schema):
+    """Raises `CacheCorruptError`, naming the field, when a cache's metadata or stored keys were tampered with."""
+
+    def refuse(field, expected):
+        value = metadata.get(field, "(absent)")
+        text = repr(value) if len(repr(value)) <= 80 else repr(value)[:77] + "..."
+        return CacheCorruptError(
+            f"The metadata of the teacher cache in {os.path.join(directory, MANIFEST)} has an invalid {field!r}: "
+            f"{text}, where TeacherCache.build writes {expected}. It was edited or damaged: rebuild the cache with "
+            "TeacherCache.build into a fresh directory."
+        )
+
+    def is_int(value, minimum):
+        return isinstance(value, int) and not isinstance(value, bool) and value >= minimum
+
+    def is_spec(spec):
+        if isinstance(spec, str):
+            return True
+        if not isinstance(spec, dict) or len(spec) != 1:
+            return False
+        ((kind, children),) = spec.items()
+        if kind == "dict":
+            return isinstance(children, dict) and all(is_spec(child) for child in children.values())
+        return kind in ("list", "tuple") and isinstance(children, list) and all(is_spec(c) for c in children)
+
+    if "num_teachers" in metadata and not is_int(metadata["num_teachers"], 2):
+        raise refuse("num_teachers", "the number of teachers (an int >= 2), or nothing for one teacher")
+    teachers, teacher = metadata.get("num_teachers", 1), metadata.get("teacher")
+    if teachers == 1:
+        valid = isinstance(teacher, str)
+    else:
+        valid = isinstance(teacher, list) and len(teacher) == teachers and all(isinstance(t, str) for t in teacher)
+    if not valid:
+        raise refuse("teacher", "the teacher's fingerprint (a string; a list of them for several teachers)")
+    if metadata.get("dtype") not in DTYPES:
+        raise refuse("dtype", f"one of {list(DTYPES)}")
+    paths = metadata.get("pair_paths")
+    if not isinstance(paths, list) or not all(
+        isinstance(p, list) and all(isinstance(q, str) for q in p) for p in paths
+    ):
+        raise refuse("pair_paths", "a list of lists of teacher layer paths")
+    if not is_spec(metadata.get("inputs")):
+        raise refuse("inputs", "the nesting of the inputs (a key, or {'dict'|'list'|'tuple': ...})")
+    for field in ("has_labels", "has_sample_weight"):
+        if not isinstance(metadata.get(field), bool):
+            raise refuse(field, "true or false")
+    top_k = metadata.get("top_k")
+    if top_k is not None and not is_int(top_k, 1):
+        raise refuse("top_k", "the number of logits kept per position (an int >= 1), or nothing")
+    if top_k is not None and not (is_int(metadata.get("vocabulary_size"), 2) and metadata["vocabulary_size"] > top_k):
+        raise refuse("vocabulary_size", "the number of classes, larger than top_k")
+    if not schema:
+        return  # no examples stored (an empty part of a distributed build): nothing else to check
+    expected = {FINGERPRINT, *(key for key in _input_keys(metadata["inputs"]))}
+    expected |= {LOGITS} if top_k is None else {TOP_K_VALUES, TOP_K_INDICES, TOP_K_TAIL}
+    expected |= {"y"} if metadata["has_labels"] else set()
+    expected |= {"sample_weight"} if metadata["has_sample_weight"] else set()
+    expected |= {feature_key(i, j) for i, p in enumerate(paths) for j in range(len(p))}
+    missing = sorted(expected - set(schema))
+    if missing:
+        raise CacheCorruptError(
+            f"The teacher cache in {directory} lacks the stored arrays {missing} that its metadata describes; its "
+            f"manifest was edited or damaged. Rebuild the cache with TeacherCache.build into a fresh directory."
+        )
+
+
+def _input_keys(spec):
+    if isinstance(spec, str):
+        return [spec]
+    ((kind, children),) = spec.items()
+    children = children.values() if kind == "dict" else children
+    return [key for child in children for key in _input_keys(child)]
 
 
 def _shards_within(manifest, memory_bytes):

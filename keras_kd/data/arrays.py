@@ -64,3 +64,18 @@ def dataset_batches(data, name, accepted):
         f"{name} must be a batched tf.data.Dataset (or another iterable of batches), a keras.utils.PyDataset, "
         f"or {accepted}; got {type(data).__name__}."
     )
+
+
+def batch_count(data):
+    """How many batches a dataset says it yields (`len`, or a `tf.data` cardinality); None when unknown or infinite."""
+    cardinality = getattr(data, "cardinality", None)
+    if callable(cardinality):
+        try:
+            count = int(cardinality())
+        except (TypeError, ValueError):
+            return None
+        return count if count >= 0 else None
+    try:
+        return len(data)
+    except TypeError:
+        return None

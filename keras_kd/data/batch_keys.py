@@ -40,12 +40,7 @@ def is_paired(x):
 
 def is_cached(x):
     """Whether batch input `x` comes from a teacher cache (stored teacher outputs, no teacher inputs)."""
-    return (
-        isinstance(x, dict)
-        and STUDENT_KEY in x
-        and (LOGITS_KEY in x) != (TOP_K_KEY in x)
-        and set(x) <= CACHED_KEYS
-    )
+    return isinstance(x, dict) and STUDENT_KEY in x and (LOGITS_KEY in x) != (TOP_K_KEY in x) and set(x) <= CACHED_KEYS
 
 
 def cached_teacher_outputs(x):

@@ -27,6 +27,7 @@ from keras_kd.losses import (
 )
 from keras_kd.losses._common import check_number, weighted_mean
 from keras_kd.losses.attention import indivisible_sizes
+from keras_kd.losses.relational import batch_of_one_message
 
 # keras.layers.Layer arguments a pair accepts through **kwargs but could not apply (it is never called).
 _LAYER_KWARGS_NOT_APPLIED = ("dtype", "trainable", "autocast", "activity_regularizer")
@@ -233,10 +234,15 @@ class Hint(LayerPair):
 class AttentionTransfer(LayerPair):
     """Attention transfer (Zagoruyko & Komodakis 2017) over one or more pairs of feature maps.
 
-    `weight / 2 * sum_j attention_transfer_loss(t_j, s_j, p)`, the paper's
-    `beta / 2` form with `beta = 1000` by default. The maps average `|A|**p`
-    over channels, so teacher and student may have different channel counts;
-    spatial sizes may differ by an integer factor (the larger map is pooled).
+    `weight * sum_j attention_transfer_loss(t_j, s_j, p)` with `weight = 1000`
+    (the paper's `beta`) by default, applied in full as in the authors' code
+    (szagoruyko/attention-transfer, `--beta 1e+3`) and RepDistiller, so that
+    weights from papers carry over. (The paper writes `beta / 2`; keras-kd up to
+    0.1.0 applied `weight / 2`: pass half the weight to keep such a run's
+    strength.) `attention_transfer_loss` is the authors' `at_loss`, the mean
+    over the batch and the positions of `(Q_s - Q_t)**2`. The maps average
+    `|A|**p` over channels, so teacher and student may have different channel
+    counts; spatial sizes may differ by an integer factor (the larger map is pooled).
 
     Example:
 
@@ -295,7 +301,7 @@ class AttentionTransfer(LayerPair):
         total = 0.0
         for teacher, student in zip(teacher_features, student_features):
             total = total + attention_transfer_loss(teacher, student, p=self.p, sample_weight=sample_weight)
-        return (self.weight / 2.0) * total
+        return self.weight * total
 
     def get_config(self):
         config = super().get_config()
@@ -311,8 +317,12 @@ class Relational(LayerPair):
 
     Compares how examples of a batch relate (normalised pairwise distances,
     angles of triplets) in the teacher's and the student's embeddings, so the
-    widths may differ. The angle term costs O(batch**3 * width); set
-    `angle_weight=0` to skip it. Needs batches of at least 2 examples (3 for angles).
+    widths may differ. RKD-D and RKD-A (`rkd_distance_loss`, `rkd_angle_loss`)
+    average the Huber values over all `batch**2` distance entries and all
+    `batch**3` triplets, as the authors' code (lenscloth/RKD) and RepDistiller
+    do, so that their weights 25 and 50 carry over. The angle term costs
+    `O(batch**3 * width)`; set `angle_weight=0` to skip it. Needs batches of at
+    least 2 examples (3 for angles).
 
     Example:
 
@@ -344,6 +354,7 @@ class Relational(LayerPair):
 
     def compute(self, teacher_features, student_features, sample_weight=None):
         (teacher,), (student,) = teacher_features, student_features
+        _assert_pairs_when_run(teacher)
         total = 0.0
         if self.distance_weight:
             total = total + self.distance_weight * rkd_distance_loss(teacher, student, sample_weight=sample_weight)
@@ -356,6 +367,22 @@ class Relational(LayerPair):
         del config["weight"]
         config.update(distance_weight=self.distance_weight, angle_weight=self.angle_weight)
         return config
+
+
+def _assert_pairs_when_run(embeddings):
+    """Where the batch size is unknown while tracing, asserts when the step runs that the batch has 2 examples or more.
+
+    The RKD losses raise their ValueError for a batch of one whenever the batch size is known while
+    tracing (JAX, PyTorch, a first TensorFlow batch). TensorFlow traces a smaller last batch with an
+    unknown batch axis (Keras's `reduce_retracing`), where the loss would be 0 without an error: there the
+    same message comes from a graph assertion, as a `tf.errors.InvalidArgumentError`. The one line of
+    TensorFlow outside `trainers/`: `keras.ops` has no assertion.
+    """
+    if embeddings.shape[0] is not None or keras.backend.backend() != "tensorflow":
+        return
+    import tensorflow as tf
+
+    tf.debugging.assert_greater_equal(tf.shape(embeddings)[0], 2, message=batch_of_one_message(embeddings.shape))
 
 
 @keras.saving.register_keras_serializable(package="keras_kd")

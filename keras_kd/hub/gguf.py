@@ -13,7 +13,29 @@ list. Both backbones are the same network (`Llama3Backbone` subclasses `LlamaBac
 tokenizer is `GGUFTokenizer`, a `Llama3Tokenizer` subclass that takes the file's bos/eos/control
 tokens and padding id and keeps them in its config (`Llama3Tokenizer` hard-codes Llama 3's), so a
 loaded model, or a student sharing its preprocessor, can be saved and loaded again; import
-`keras_kd.hub.gguf` before `keras.saving.load_model` so the class is registered.
+`keras_kd.hub.gguf` before `keras.saving.load_model` or `keras_hub.models.CausalLM.from_preset`
+so the class is registered.
+
+Leaving the process in the ecosystem's formats (KerasHub 0.32):
+
+- `save_to_preset` / `keras_hub.models.CausalLM.from_preset`: KerasHub's `LlamaBackbone.get_config`
+  forgets `tie_word_embeddings`, so a tied model (SmolLM2) would come back untied and fail to load
+  its weights ("Layer 'token_embedding' expected 2 variables, but received 0"). The backbones
+  `load_gguf` and `student_from_teacher` build return that argument from their own `get_config`
+  (their class stays KerasHub's). A plain `Llama3Tokenizer` cannot carry other special tokens
+  through a Keras preset (its config omits them, and its constructor needs them as a `set`, which
+  JSON cannot hold), hence `GGUFTokenizer` and the import above.
+- `export_to_transformers`: KerasHub picks its tokenizer converter by the class's `__name__`, so
+  `GGUFTokenizer.__name__` is `"Llama3Tokenizer"` (its registered name stays
+  `"keras_kd>GGUFTokenizer"`). The folder (`config.json`, `model.safetensors`, `tokenizer.json`,
+  `tokenizer_config.json`) is what Hugging Face Transformers, vLLM and llama.cpp's converter read,
+  and KerasHub alone loads it back. KerasHub's own importer ignores `rms_norm_eps`: pass
+  `layer_norm_epsilon=config["rms_norm_eps"]` to `Llama3Backbone.from_preset` to get the same logits.
+
+Hostile files: every size the metadata declares (blocks, vocabulary, widths, heads) is compared
+with the tensors the file holds, and every tensor's offset and extent with the data section,
+before anything is allocated or built; numeric fields that would give NaN logits (a non-positive
+or non-finite RMS-norm epsilon or RoPE base, a padding id outside the vocabulary) are refused.
 
 Layout facts used here (from the GGUF specification and llama.cpp's converter):
 
@@ -32,7 +54,9 @@ Layout facts used here (from the GGUF specification and llama.cpp's converter):
 """
 
 import importlib.util
+import math
 import os
+import re
 
 import keras
 import numpy as np
@@ -67,7 +91,7 @@ _DEFAULT_SEQUENCE_LENGTH = 1024
 
 if keras_hub is not None:
 
-    @keras.saving.register_keras_serializable(package="keras_kd")
+    @keras.saving.register_keras_serializable(package="keras_kd", name="GGUFTokenizer")
     class GGUFTokenizer(keras_hub.models.Llama3Tokenizer):
         """A `Llama3Tokenizer` (byte-level BPE) whose special tokens and padding id come from a GGUF file.
 
@@ -112,6 +136,12 @@ if keras_hub is not None:
             config = super().get_config()
             config.update(self._gguf_tokens, pad_token_id=self.pad_token_id)
             return config
+
+    # KerasHub's `export_to_transformers` looks its tokenizer converters up by `type(tokenizer).__name__`,
+    # not by `isinstance`: under its own name this subclass would be refused ("not implemented for
+    # GGUFTokenizer"). Keras saves the class by its registered name, "keras_kd>GGUFTokenizer", so files
+    # written before this rename still load.
+    GGUFTokenizer.__name__ = "Llama3Tokenizer"
 
 
 def packaged_smollm2_path():
@@ -167,23 +197,46 @@ def load_gguf(path, dtype=None, *, sequence_length=None, verbose=1):
             length, capped at 1024 (`generate(..., max_length=...)` overrides it per call).
         verbose: 1 shows a progress bar while tensors are converted, 0 is silent.
 
+    The model, and every student of it made by `keras_kd.hub.student_from_teacher`, leaves the
+    process in KerasHub's and Hugging Face's formats: `save_to_preset(folder)` writes a KerasHub
+    preset that `keras_hub.models.CausalLM.from_preset(folder)` loads back with the same logits (the
+    loading process imports `keras_kd.hub.gguf` first, which registers the tokenizer), and
+    `export_to_transformers(folder)` writes `config.json`, `model.safetensors`, `tokenizer.json` and
+    `tokenizer_config.json`: a Llama checkpoint for Transformers, vLLM or llama.cpp's
+    `convert_hf_to_gguf.py`, which KerasHub alone also loads (give
+    `keras_hub.models.Llama3Backbone.from_preset` `layer_norm_epsilon=config["rms_norm_eps"]`: its
+    importer ignores that field).
+
+    The file is checked before anything is allocated or built: every size its metadata declares
+    (blocks, vocabulary, widths, heads) against the tensors it holds, every tensor's offset and
+    extent against the data section, and the numbers that would make the logits NaN.
+
     Returns:
         A `keras_hub.models.Llama3CausalLM` with a `Llama3CausalLMPreprocessor` attached, whose
         tokenizer is a `GGUFTokenizer` (a `keras_hub.models.Llama3Tokenizer`).
 
     Raises:
         FileNotFoundError: no file at `path`.
-        ValueError: not a GGUF file, an architecture other than llama, a tokenizer other than
-            byte-level BPE, an unsupported tensor type (named with the tensor), or tensors
-            missing, unexpected, or of an unexpected shape.
+        ValueError: not a GGUF file, a truncated or corrupt one (a tensor's bytes outside the data
+            section), an architecture other than llama, a tokenizer other than byte-level BPE, an
+            unsupported tensor type (named with the tensor), tensors missing, unexpected, or of
+            another shape than the metadata declares, a block count or vocabulary size that the
+            tensors do not have, a size or head count below 1, an RMS-norm epsilon or RoPE base that
+            is not a finite positive number, or a bos/eos/padding id outside the vocabulary. Each
+            message names the key or tensor and the value, and the fix (`gguf-set-metadata`, or
+            converting the model again).
 
-    Example, on the packaged SmolLM2-135M-Instruct (about 15 s to load on a CPU):
+    Example, on the packaged SmolLM2-135M-Instruct (about 15 s to load on a CPU), then a two-layer
+    student of it saved both ways:
 
     ```python
     causal_lm = keras_kd.hub.load_gguf(keras_kd.hub.packaged_smollm2_path())
     causal_lm.compile(sampler="greedy")
     causal_lm.generate("The capital of France is", max_length=12)
     # 'The capital of France is Paris.\\n\\nThe capital'
+    student = keras_kd.hub.student_from_teacher(causal_lm, num_layers=2)
+    student.save_to_preset("smollm2-student")  # keras_hub.models.CausalLM.from_preset("smollm2-student")
+    student.export_to_transformers("smollm2-student-hf")  # transformers.AutoModelForCausalLM.from_pretrained(...)
     ```
 
     A runnable example: a one-layer Llama with a five-token vocabulary, written with the `gguf`
@@ -217,22 +270,26 @@ def load_gguf(path, dtype=None, *, sequence_length=None, verbose=1):
     """
     if keras_hub is None:
         raise ImportError("keras_kd.hub.load_gguf needs KerasHub: pip install 'keras-kd[hub]'.")
+    from keras_kd.hub.student import keep_forgotten_config
+
+    # Every check below reads metadata and tensor headers only: a hostile file is refused before
+    # anything of the sizes it declares is allocated or built.
     reader = _open_reader(path)
-    tensors = {tensor.name: tensor for tensor in reader.tensors}
+    tensors = _tensor_table(reader, path)
     config = _backbone_config(reader, tensors, path)
     _check_tensors(tensors, config, path)
-    context_length = _field(reader, "llama.context_length", None)
+    context_length = _int_field(reader, "llama.context_length", path, default=None)
     if sequence_length is None:
-        sequence_length = min(int(context_length or _DEFAULT_SEQUENCE_LENGTH), _DEFAULT_SEQUENCE_LENGTH)
+        sequence_length = min(context_length or _DEFAULT_SEQUENCE_LENGTH, _DEFAULT_SEQUENCE_LENGTH)
 
-    tokenizer, add_bos, add_eos = _tokenizer(reader, path)
+    tokenizer, add_bos, add_eos = _tokenizer(reader, path, config["vocabulary_size"])
     preprocessor_kwargs = {"add_start_token": add_bos}
     if add_eos is not None:
         preprocessor_kwargs["add_end_token"] = add_eos
     preprocessor = keras_hub.models.Llama3CausalLMPreprocessor(
         tokenizer, sequence_length=sequence_length, **preprocessor_kwargs
     )
-    backbone = keras_hub.models.Llama3Backbone(**config, dtype=dtype)
+    backbone = keep_forgotten_config(keras_hub.models.Llama3Backbone(**config, dtype=dtype))
     assignments = _weight_assignments(backbone, config)
 
     progbar = keras.utils.Progbar(len(assignments), verbose=verbose, unit_name="tensor")
@@ -262,15 +319,117 @@ def _open_reader(path):
     if not os.path.isfile(path):
         raise FileNotFoundError(f"No GGUF file at {path!r}.")
     with open(path, "rb") as file:
-        magic = file.read(4)
+        header = file.read(24)  # magic, version (uint32), tensor count, metadata count (uint64)
+    magic = header[:4]
     if magic != _GGUF_MAGIC:
         raise ValueError(
             f"{path!r} is not a GGUF file: it starts with {magic!r}, a GGUF file starts with {_GGUF_MAGIC!r}."
         )
+    _check_counts(header, os.path.getsize(path), path)
+
+    class CheckedReader(gguf.GGUFReader):
+        """`GGUFReader` that checks the tensors' offsets and extents before it maps their data."""
+
+        def _build_tensors(self, start_offs, fields):
+            infos = [(field.name, _tensor_info(field)) for field in fields]
+            _check_extents(infos, int(start_offs), len(self.data), int(self.alignment), path)
+            return super()._build_tensors(start_offs, fields)
+
     try:
-        return gguf.GGUFReader(path)
+        return CheckedReader(path)
+    except _TensorExtentError as error:
+        raise ValueError(str(error)) from None
     except Exception as error:  # the reader raises several kinds on corrupt files
-        raise ValueError(f"{path!r} is not a readable GGUF file: {error}") from error
+        raise ValueError(
+            f"{path!r} is not a readable GGUF file ({type(error).__name__}: {error}); it is truncated or corrupt. "
+            "Download or convert it again."
+        ) from error
+
+
+def _check_counts(header, file_size, path):
+    """The header's tensor and metadata counts must fit in the file, before the reader loops over them.
+
+    Each tensor description takes at least 24 bytes (name length, dimension count, type, offset) and
+    each metadata entry at least 12 (key length, type).
+    """
+    if len(header) < 24:
+        raise ValueError(f"{path!r} is not a readable GGUF file: its {len(header)}-byte header is truncated.")
+    order = "little" if int.from_bytes(header[4:8], "little") & 0xFFFF else "big"
+    tensor_count, kv_count = (int.from_bytes(header[i : i + 8], order) for i in (8, 16))
+    if tensor_count * 24 + kv_count * 12 > file_size - 24:
+        raise ValueError(
+            f"{path!r}: its header declares {tensor_count} tensors (GGUF.tensor_count) and {kv_count} metadata "
+            f"entries (GGUF.kv_count), which cannot fit in its {file_size} bytes; the file is truncated or "
+            "corrupt. Download or convert it again."
+        )
+
+
+class _TensorExtentError(Exception):
+    """A tensor whose bytes do not lie inside the data section (raised as a `ValueError` by `load_gguf`)."""
+
+
+def _tensor_info(field):
+    """(dims, ggml type id, offset) of a tensor-info field, as Python integers (no uint64 wrap-around)."""
+    _, _, _, dims, raw_type, offset = field.parts
+    return [int(dim) for dim in dims], int(raw_type[0]), int(offset[0])
+
+
+def _check_extents(infos, data_start, file_size, alignment, path):
+    """Every tensor's bytes must lie inside the data section, aligned, without overlapping another's.
+
+    `infos` holds `(name, (dims, ggml type id, offset))`. The reader adds each offset to the section's
+    start in uint64, so an offset of `2**64 - 32` wraps around and reads header bytes as weights; the
+    sums here are Python integers.
+    """
+    import gguf
+
+    section = file_size - data_start
+    extents = []
+    for name, (dims, raw_type, offset) in infos:
+        try:
+            block, block_bytes = gguf.GGML_QUANT_SIZES[gguf.GGMLQuantizationType(raw_type)]
+        except (KeyError, ValueError):
+            raise _TensorExtentError(f"{path}: tensor {name!r} has an unknown GGML type id {raw_type}.") from None
+        elements = math.prod(dims)
+        if elements % block:
+            raise _TensorExtentError(
+                f"{path}: tensor {name!r} of shape {dims} holds {elements} elements, not a whole number of "
+                f"{block}-element blocks of its type; the file is corrupt. Download or convert it again."
+            )
+        end = offset + elements // block * block_bytes
+        if offset % alignment or end > section:
+            misaligned = f", and offsets must be multiples of {alignment}" if offset % alignment else ""
+            raise _TensorExtentError(
+                f"{path}: tensor {name!r} (shape {dims}) claims {end - offset} bytes at data offset {offset}, but the "
+                f"data section holds {max(section, 0)} bytes (from byte {data_start} of the file){misaligned}; "
+                "the file is truncated or corrupt (an offset past the end would wrap around and read header bytes "
+                "as weights). Download or convert it again."
+            )
+        extents.append((offset, end, name))
+    extents.sort()
+    for (_, end, name), (start, _, other) in zip(extents, extents[1:]):
+        if start < end:
+            raise _TensorExtentError(
+                f"{path}: the data of tensors {name!r} and {other!r} overlap (data offsets {start} to {end}); the "
+                "file is corrupt. Download or convert it again."
+            )
+
+
+def _tensor_table(reader, path):
+    """{name: tensor} of the file's tensors, after checking that there are some and that they lie in the file."""
+    if not reader.tensors:
+        raise ValueError(
+            f"{path}: the file holds no tensors (GGUF.tensor_count = 0), only metadata (a vocabulary-only file?); "
+            "load_gguf needs a model file with its weights (token_embd.weight, blk.N.*, output_norm.weight)."
+        )
+    # `_open_reader` checked them inside the reader already; again here, should a `gguf` release build
+    # its tensors another way.
+    infos = [(tensor.name, _tensor_info(tensor.field)) for tensor in reader.tensors]
+    try:
+        _check_extents(infos, int(reader.data_offset), len(reader.data), int(reader.alignment), path)
+    except _TensorExtentError as error:
+        raise ValueError(str(error)) from None
+    return {tensor.name: tensor for tensor in reader.tensors}
 
 
 _REQUIRED = object()
@@ -285,7 +444,41 @@ def _field(reader, key, default=_REQUIRED):
     return field.contents()
 
 
+def _fix(path, key):
+    return f"Correct it with `gguf-set-metadata {path} {key} VALUE` (a `gguf` command) or convert the model again."
+
+
+def _int_field(reader, key, path, default=_REQUIRED, minimum=1):
+    """An integer metadata field (one value, or one per layer that must all agree), at least `minimum`."""
+    value = _field(reader, key, default)
+    if value is None:
+        return None
+    if isinstance(value, list):
+        if not value or len(set(value)) != 1:
+            raise ValueError(f"{path}: {key} varies by layer ({value[:8]}); KerasHub's Llama needs one value.")
+        value = value[0]
+    if isinstance(value, bool) or not isinstance(value, (int, np.integer)):
+        raise ValueError(f"{path}: {key} is {value!r}, not an integer. {_fix(path, key)}")
+    if value < minimum:
+        raise ValueError(f"{path}: {key} is {value}; it must be an integer of at least {minimum}. {_fix(path, key)}")
+    return int(value)
+
+
+def _positive_float_field(reader, key, path, default):
+    """A float metadata field that must be finite and positive (NaN, 0 or less would give NaN logits)."""
+    value = _field(reader, key, default)
+    if isinstance(value, bool) or not isinstance(value, (int, float, np.integer, np.floating)):
+        raise ValueError(f"{path}: {key} is {value!r}, not a number. {_fix(path, key)}")
+    if not (math.isfinite(value) and value > 0):
+        raise ValueError(
+            f"{path}: {key} is {value}; it must be a finite number greater than 0 (the model's logits would be "
+            f"NaN). {_fix(path, key)}"
+        )
+    return float(value)
+
+
 def _backbone_config(reader, tensors, path):
+    """The `Llama3Backbone` arguments, every declared size checked against the tensors present."""
     architecture = _field(reader, "general.architecture", None)
     if architecture != "llama":
         raise ValueError(
@@ -300,52 +493,72 @@ def _backbone_config(reader, tensors, path):
             "scaling); load_gguf does not support them."
         )
 
-    hidden_dim = int(_field(reader, "llama.embedding_length"))
+    hidden_dim = _int_field(reader, "llama.embedding_length", path)
     num_heads = _int_field(reader, "llama.attention.head_count", path)
     num_kv_heads = _int_field(reader, "llama.attention.head_count_kv", path, default=num_heads)
     if hidden_dim % num_heads:
         raise ValueError(f"{path}: embedding length {hidden_dim} is not a multiple of head count {num_heads}.")
+    if num_heads % num_kv_heads:
+        raise ValueError(
+            f"{path}: llama.attention.head_count {num_heads} is not a multiple of llama.attention.head_count_kv "
+            f"{num_kv_heads}; grouped-query attention shares each key/value head among a whole number of query heads."
+        )
     head_dim = hidden_dim // num_heads
     for key in ("llama.rope.dimension_count", "llama.attention.key_length", "llama.attention.value_length"):
-        value = _field(reader, key, head_dim)
-        if int(value) != head_dim:
+        value = _int_field(reader, key, path, default=head_dim)
+        if value != head_dim:
             raise ValueError(
                 f"{path}: {key} is {value} but embedding_length / head_count is {head_dim}; KerasHub's Llama "
                 "needs them equal (full-width rotary embeddings, no separate head size)."
             )
 
-    vocabulary_size = _field(reader, "llama.vocab_size", None)
-    if vocabulary_size is None:
-        vocabulary_size = int(np.prod(tensors["token_embd.weight"].shape)) // hidden_dim
+    # Declared sizes against the tensors, before anything of those sizes is built.
+    embedding = tensors.get("token_embd.weight")
+    if embedding is None:
+        raise ValueError(f"{path}: tensors missing for a llama model: ['token_embd.weight'] (the token embedding).")
+    dims = [int(dim) for dim in embedding.shape]
+    if len(dims) != 2 or dims[0] != hidden_dim:
+        raise ValueError(
+            f"{path}: token_embd.weight has shape {dims} (GGUF order, row length first) but llama.embedding_length "
+            f"is {hidden_dim}; expected [{hidden_dim}, vocabulary size]. {_fix(path, 'llama.embedding_length')}"
+        )
+    vocabulary_size = _int_field(reader, "llama.vocab_size", path, default=dims[1])
+    if vocabulary_size != dims[1]:
+        raise ValueError(
+            f"{path}: llama.vocab_size is {vocabulary_size} but token_embd.weight holds {dims[1]} token rows; "
+            f"they must agree. {_fix(path, 'llama.vocab_size')}"
+        )
+    num_layers = _int_field(reader, "llama.block_count", path)
+    blocks = sorted({int(match.group(1)) for match in map(_BLOCK_NAME.fullmatch, tensors) if match})
+    if num_layers != len(blocks) or blocks != list(range(num_layers)):
+        shown = blocks if len(blocks) <= 6 else [*blocks[:3], "...", *blocks[-2:]]
+        raise ValueError(
+            f"{path}: llama.block_count is {num_layers} but the file holds tensors (blk.N.*) for {len(blocks)} "
+            f"blocks (numbers {shown}); they must agree. {_fix(path, 'llama.block_count')}"
+        )
+
     config = {
-        "vocabulary_size": int(vocabulary_size),
-        "num_layers": int(_field(reader, "llama.block_count")),
+        "vocabulary_size": vocabulary_size,
+        "num_layers": num_layers,
         "num_query_heads": num_heads,
         "hidden_dim": hidden_dim,
         "intermediate_dim": _int_field(reader, "llama.feed_forward_length", path),
         "num_key_value_heads": num_kv_heads,
-        "rope_max_wavelength": float(_field(reader, "llama.rope.freq_base", 10000.0)),
-        "layer_norm_epsilon": float(_field(reader, "llama.attention.layer_norm_rms_epsilon", 1e-5)),
+        "rope_max_wavelength": _positive_float_field(reader, "llama.rope.freq_base", path, 10000.0),
+        "layer_norm_epsilon": _positive_float_field(reader, "llama.attention.layer_norm_rms_epsilon", path, 1e-5),
         "tie_word_embeddings": "output.weight" not in tensors,
     }
     scaling = _field(reader, "llama.rope.scaling.type", "none")
     if scaling == "linear":
-        config["rope_position_scaling_factor"] = float(_field(reader, "llama.rope.scaling.factor"))
+        config["rope_position_scaling_factor"] = _positive_float_field(
+            reader, "llama.rope.scaling.factor", path, _REQUIRED
+        )
     elif scaling not in ("none", None):
         raise ValueError(f"{path}: RoPE scaling type {scaling!r} is not supported (only 'none' and 'linear').")
     return config
 
 
-def _int_field(reader, key, path, default=_REQUIRED):
-    value = _field(reader, key, default)
-    if isinstance(value, list):
-        if len(set(value)) != 1:
-            raise ValueError(f"{path}: {key} varies by layer ({value}); KerasHub's Llama needs one value.")
-        value = value[0]
-    return int(value)
-
-
-def _tokenizer(reader, path):
+def _tokenizer(reader, path, vocabulary_size):
     model = _field(reader, "tokenizer.ggml.model", None)
     if model != "gpt2":
         raise ValueError(
@@ -354,22 +567,36 @@ def _tokenizer(reader, path):
         )
     tokens = _field(reader, "tokenizer.ggml.tokens")
     merges = _field(reader, "tokenizer.ggml.merges")
+    if len(tokens) != vocabulary_size:
+        raise ValueError(
+            f"{path}: tokenizer.ggml.tokens lists {len(tokens)} tokens but the model has {vocabulary_size} token "
+            "rows (token_embd.weight); every id the tokenizer gives needs its row. Convert the model again."
+        )
     token_types = _field(reader, "tokenizer.ggml.token_type", None) or [1] * len(tokens)
+    if len(token_types) != len(tokens):
+        raise ValueError(
+            f"{path}: tokenizer.ggml.token_type has {len(token_types)} entries for {len(tokens)} tokens; "
+            "convert the model again."
+        )
     control = [token for token, kind in zip(tokens, token_types) if kind == _TOKEN_CONTROL]
     user_defined = [token for token, kind in zip(tokens, token_types) if kind == _TOKEN_USER_DEFINED]
 
-    def token(key):
+    def token_id(key):
         index = _field(reader, key, None)
         if index is None:
             return None
-        if not 0 <= int(index) < len(tokens):
-            raise ValueError(f"{path}: {key} = {index} is outside the vocabulary of {len(tokens)} tokens.")
-        return tokens[int(index)]
+        if isinstance(index, bool) or not isinstance(index, (int, np.integer)) or not 0 <= index < len(tokens):
+            raise ValueError(
+                f"{path}: {key} = {index} is outside the vocabulary of {len(tokens)} tokens (ids 0 to "
+                f"{len(tokens) - 1}); looking it up would read a row that does not exist. {_fix(path, key)}"
+            )
+        return int(index)
 
-    bos = token("tokenizer.ggml.bos_token_id")
-    eos = token("tokenizer.ggml.eos_token_id")
-    if bos is None or eos is None:
+    bos_id = token_id("tokenizer.ggml.bos_token_id")
+    eos_id = token_id("tokenizer.ggml.eos_token_id")
+    if bos_id is None or eos_id is None:
         raise ValueError(f"{path}: tokenizer.ggml.bos_token_id and tokenizer.ggml.eos_token_id are both needed.")
+    bos, eos = tokens[bos_id], tokens[eos_id]
     # Control tokens are special (never split, stripped from generated text); user-defined tokens are
     # only kept whole, as llama.cpp does.
     special = set(control) - {bos, eos}
@@ -379,9 +606,9 @@ def _tokenizer(reader, path):
     # KerasHub's samplers stop as soon as every row holds a stop token outside its prompt, padded
     # positions included: a padding id equal to the end token would end generation before it starts. The
     # file's padding id is used only when it differs from the end token (padded positions are masked).
-    eos_id = int(_field(reader, "tokenizer.ggml.eos_token_id"))
-    pad_id = _field(reader, "tokenizer.ggml.padding_token_id", None)
-    if pad_id is None or int(pad_id) == eos_id:
+    # An out-of-vocabulary padding id is refused: it would look up a row that does not exist (NaN logits).
+    pad_id = token_id("tokenizer.ggml.padding_token_id")
+    if pad_id is None or pad_id == eos_id:
         pad_id = 0 if eos_id != 0 else 1
     tokenizer = GGUFTokenizer(
         vocabulary={text: index for index, text in enumerate(tokens)},
@@ -389,7 +616,7 @@ def _tokenizer(reader, path):
         bos_token=bos,
         eos_token=eos,
         misc_special_tokens=special,
-        pad_token_id=int(pad_id),
+        pad_token_id=pad_id,
         **kwargs,
     )
     add_bos = bool(_field(reader, "tokenizer.ggml.add_bos_token", True))
@@ -475,36 +702,55 @@ def _unpermute_rope_rows(weight, num_heads):
     return weight.reshape(num_heads, rows // num_heads // 2, 2, *weight.shape[1:]).swapaxes(1, 2).reshape(weight.shape)
 
 
-_BLOCK_TENSORS = (
-    "attn_norm",
-    "attn_q",
-    "attn_k",
-    "attn_v",
-    "attn_output",
-    "ffn_norm",
-    "ffn_gate",
-    "ffn_up",
-    "ffn_down",
-)
+_BLOCK_NAME = re.compile(r"blk\.(\d+)\..+")
+
+
+def _expected_dims(config):
+    """{tensor name: shape in GGUF order (row length first)} of every tensor the config asks for."""
+    hidden, vocabulary, ff = config["hidden_dim"], config["vocabulary_size"], config["intermediate_dim"]
+    kv_width = hidden // config["num_query_heads"] * config["num_key_value_heads"]
+    block = {
+        "attn_norm": [hidden],
+        "attn_q": [hidden, hidden],
+        "attn_k": [hidden, kv_width],
+        "attn_v": [hidden, kv_width],
+        "attn_output": [hidden, hidden],
+        "ffn_norm": [hidden],
+        "ffn_gate": [hidden, ff],
+        "ffn_up": [hidden, ff],
+        "ffn_down": [ff, hidden],
+    }
+    dims = {"token_embd.weight": [hidden, vocabulary], "output_norm.weight": [hidden]}
+    if not config["tie_word_embeddings"]:
+        dims["output.weight"] = [hidden, vocabulary]
+    for i in range(config["num_layers"]):
+        dims.update({f"blk.{i}.{part}.weight": shape for part, shape in block.items()})
+    return dims
 
 
 def _check_tensors(tensors, config, path):
-    """Fail before the model is built: tensors missing, without a place in KerasHub's Llama, or of a type not read."""
-    wanted = {"token_embd.weight", "output_norm.weight"}
-    if not config["tie_word_embeddings"]:
-        wanted.add("output.weight")
-    for i in range(config["num_layers"]):
-        wanted.update(f"blk.{i}.{part}.weight" for part in _BLOCK_TENSORS)
-    missing = sorted(wanted - set(tensors))
+    """Fail before the model is built: tensors missing, without a place in KerasHub's Llama, of a type not
+    read, or of another shape than the metadata declares."""
+    expected = _expected_dims(config)
+    missing = sorted(set(expected) - set(tensors))
     if missing:
         raise ValueError(f"{path}: tensors missing for a {config['num_layers']}-block llama model: {missing[:8]}")
-    unexpected = sorted(set(tensors) - wanted)
+    unexpected = sorted(set(tensors) - set(expected))
     if unexpected:
         raise ValueError(
             f"{path}: tensors that KerasHub's Llama has no place for (biases, extra heads?): {unexpected[:8]}"
         )
-    for name in sorted(wanted):
+    for name in sorted(expected):
         _check_type(tensors[name].tensor_type, name)
+        dims = [int(dim) for dim in tensors[name].shape]
+        if dims != expected[name]:
+            raise ValueError(
+                f"{path}: tensor {name!r} has shape {dims} (GGUF order, row length first) but the metadata "
+                f"(embedding_length {config['hidden_dim']}, feed_forward_length {config['intermediate_dim']}, "
+                f"head_count {config['num_query_heads']}, head_count_kv {config['num_key_value_heads']}, "
+                f"vocabulary {config['vocabulary_size']}) gives {expected[name]}; the metadata and the tensors "
+                "disagree. Correct the metadata with `gguf-set-metadata` or convert the model again."
+            )
 
 
 def _weight_assignments(backbone, config):

@@ -8,6 +8,7 @@ transformer layer. `student_from_teacher` does that for a KerasHub backbone or t
 import inspect
 import operator
 import re
+import types
 
 try:
     import keras_hub
@@ -186,6 +187,7 @@ def _backbone_student(teacher, num_layers, layers, name):
             f"Cannot rebuild the backbone class {cls.__name__} with num_layers={num_layers}: "
             f"{type(error).__name__}: {error}."
         ) from error
+    keep_forgotten_config(student)
     student_stack = _transformer_layers(student, num_layers, "student")
 
     copied = set()
@@ -289,6 +291,36 @@ def _check_all_copied(student, copied):
             f"student_from_teacher could not find teacher weights for {missing} of {type(student).__name__} "
             f"{student.name!r}: they live outside the transformer layers and the backbone's top-level layers."
         )
+
+
+def keep_forgotten_config(model):
+    """Make `model.get_config()` also return the constructor arguments its class's `get_config` forgets.
+
+    KerasHub 0.32's `LlamaBackbone.get_config` leaves out `tie_word_embeddings`: a tied Llama (SmolLM2,
+    and every student of it) saved with `save_to_preset` or `save` comes back untied and cannot load
+    its own weights ("Layer 'token_embedding' expected 2 variables, but received 0"). The model's own
+    `get_config` adds them back; its class, and so the name the files record, stays KerasHub's, so
+    KerasHub alone loads them. (A model that KerasHub then rebuilds from those files forgets them again.)
+
+    Returns `model`.
+    """
+    class_get_config = type(model).get_config
+    config = class_get_config(model)
+    forgotten = tuple(sorted(set(_complete_config(model, config)) - set(config)))
+    if forgotten:
+        model.get_config = types.MethodType(_get_config_with(forgotten, class_get_config), model)
+    return model
+
+
+def _get_config_with(names, class_get_config):
+    """A `get_config` method: the class's config plus the attributes `names` (a method, so copies rebind it)."""
+
+    def get_config(self):
+        config = class_get_config(self)
+        config.update({name: getattr(self, name) for name in names if name not in config})
+        return config
+
+    return get_config
 
 
 def _complete_config(model, config):

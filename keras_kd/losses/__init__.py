@@ -8,6 +8,8 @@ from keras_kd.losses.logits import (
     GeneralizedJSD,
     ReverseKL,
     SoftTargetLoss,
+    binary_soft_target_kl,
+    binary_soft_target_loss,
     generalized_jsd,
     generalized_jsd_loss,
     mixture_logits,
@@ -15,6 +17,7 @@ from keras_kd.losses.logits import (
     reverse_kl_loss,
     soft_target_kl,
     soft_target_loss,
+    two_class_logits,
 )
 from keras_kd.losses.relational import RKDAngleLoss, RKDDistanceLoss, rkd_angle_loss, rkd_distance_loss
 from keras_kd.losses.top_k import top_k_logits, top_k_soft_target_kl, top_k_soft_target_loss
@@ -32,6 +35,8 @@ __all__ = [
     "SoftTargetLoss",
     "attention_map",
     "attention_transfer_loss",
+    "binary_soft_target_kl",
+    "binary_soft_target_loss",
     "cosine_embedding_loss",
     "dkd",
     "dkd_loss",
@@ -49,4 +54,5 @@ __all__ = [
     "top_k_logits",
     "top_k_soft_target_kl",
     "top_k_soft_target_loss",
+    "two_class_logits",
 ]

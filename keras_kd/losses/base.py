@@ -1,6 +1,5 @@
 """The base class of soft losses: what `keras_kd.Distiller(soft_loss=...)` reads off a loss object."""
 
-
 from keras_kd.losses.features import _PositionWeightedLoss
 
 

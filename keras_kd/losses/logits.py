@@ -271,6 +271,110 @@ def generalized_jsd_loss(
     return weighted_mean(values, sample_weight, reduction)
 
 
+def two_class_logits(logits):
+    """The two-class logits `[0, z]` of single-logit (binary) outputs: `(..., 1)` -> `(..., 2)`, float32.
+
+    A binary classifier's one logit `z` gives `P(class 1) = sigmoid(z)`, and
+    `softmax([0, z] / T) = (1 - sigmoid(z / T), sigmoid(z / T))`: every divergence between
+    tempered softmax distributions, computed on these logits, is its Bernoulli form. The
+    distiller turns single-logit outputs into these before its soft loss (see
+    `binary_soft_target_kl` for the default, forward KL).
+
+    Example:
+
+    >>> import numpy as np
+    >>> from keras import ops
+    >>> ops.convert_to_numpy(two_class_logits(np.array([[2.0], [-1.0]]))).tolist()
+    [[0.0, 2.0], [0.0, -1.0]]
+    """
+    logits = ops.cast(logits, "float32")
+    _check_single_logit(logits, "two_class_logits")
+    return ops.concatenate([ops.zeros_like(logits), logits], axis=-1)
+
+
+def _check_single_logit(logits, name):
+    if logits.shape[-1] != 1:
+        raise ValueError(
+            f"{name} takes one logit per example (a binary classifier's outputs, shape (batch, ..., 1)); got shape "
+            f"{tuple(logits.shape)}. For several classes use soft_target_kl / soft_target_loss."
+        )
+
+
+def binary_soft_target_kl(teacher_logits, student_logits, temperature=4.0):
+    """Per-example (or per-position) Bernoulli `T**2 * KL(Bernoulli(p_t) || Bernoulli(p_s))` of single logits.
+
+    With `p_t = sigmoid(t / T)` and `p_s = sigmoid(s / T)` for logits of shape `(batch, ..., 1)`:
+
+        T**2 * [p_t * (log p_t - log p_s) + (1 - p_t) * (log(1 - p_t) - log(1 - p_s))]
+
+    computed in float32 from `log_sigmoid` (`log(1 - sigmoid(z)) = log_sigmoid(-z)`), finite for
+    logits of any magnitude. It equals `soft_target_kl(two_class_logits(t), two_class_logits(s), T)`,
+    which is what the distiller computes for single-logit outputs; the gradient with respect to
+    the student's logit is `T * (p_s - p_t)`, as for the softmax form. The result drops the last
+    axis.
+
+    Example:
+
+    >>> import numpy as np
+    >>> from keras import ops
+    >>> t, s = np.array([[2.0], [-1.0]]), np.zeros((2, 1))
+    >>> [round(float(v), 4) for v in ops.convert_to_numpy(binary_soft_target_kl(t, s, temperature=1.0))]
+    [0.3278, 0.1109]
+    """
+    temperature = ops.cast(temperature, "float32")
+    t = ops.cast(teacher_logits, "float32")
+    s = ops.cast(student_logits, "float32")
+    _check_single_logit(t, "binary_soft_target_kl")
+    _check_single_logit(s, "binary_soft_target_kl")
+    t, s = t / temperature, s / temperature
+    log_p1, log_p0 = ops.log_sigmoid(t), ops.log_sigmoid(-t)
+    log_q1, log_q0 = ops.log_sigmoid(s), ops.log_sigmoid(-s)
+    kl = ops.exp(log_p1) * (log_p1 - log_q1) + ops.exp(log_p0) * (log_p0 - log_q0)
+    return temperature**2 * ops.squeeze(kl, axis=-1)
+
+
+def binary_soft_target_loss(
+    teacher_logits,
+    student_logits,
+    temperature=4.0,
+    sample_weight=None,
+    reduction="sum_over_batch_size",
+):
+    """Soft-target loss of binary classifiers (one logit each), averaged over examples and positions.
+
+    The Bernoulli form of `soft_target_loss`: per example, with `p = sigmoid(logit / T)`,
+
+        T**2 * KL(Bernoulli(p_t) || Bernoulli(p_s))
+
+    (see `binary_soft_target_kl`). A softmax over a single logit is always 1, so the categorical
+    loss of `(batch, 1)` logits is 0 whatever the models say; this is the loss to use instead, and
+    the one a `keras_kd.Distiller` uses for single-logit outputs with `soft_loss="kl"`.
+
+    Args:
+        teacher_logits: `(batch, ..., 1)` logits of the teacher (not probabilities).
+        student_logits: logits of the student, same shape.
+        temperature: `T > 0`, a float or a scalar tensor/variable.
+        sample_weight: optional `(batch,)` or `(batch, ...)` weights.
+        reduction: `"sum_over_batch_size"` or `"mean_with_sample_weight"`.
+
+    Returns:
+        A float32 scalar.
+
+    Example:
+
+    >>> import numpy as np
+    >>> t = np.array([[2.0], [-1.0]])
+    >>> float(binary_soft_target_loss(t, t))
+    0.0
+    >>> round(float(binary_soft_target_loss(t, np.zeros((2, 1)), temperature=1.0)), 4)
+    0.2194
+    """
+    check_temperature(temperature)
+    check_reduction(reduction)
+    values = binary_soft_target_kl(teacher_logits, student_logits, temperature)
+    return weighted_mean(values, sample_weight, reduction)
+
+
 class _TemperedLoss(SoftLoss):
     """Shared by the soft-loss classes: `per_position` at any temperature, `call` at their own."""
 
@@ -396,8 +500,6 @@ def mixture_logits(teacher_logits, temperature, weights=None, axis=1):
     temperature = ops.cast(temperature, "float32")
     per_teacher = ops.moveaxis(teacher_logits, axis, 0)
     terms = [
-        ops.log_softmax(per_teacher[i] / temperature, axis=-1) + math.log(w)
-        for i, w in enumerate(weights)
-        if w > 0
+        ops.log_softmax(per_teacher[i] / temperature, axis=-1) + math.log(w) for i, w in enumerate(weights) if w > 0
     ]
     return temperature * ops.logsumexp(ops.stack(terms, axis=0), axis=0)

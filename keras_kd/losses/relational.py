@@ -13,6 +13,16 @@ from keras_kd.losses.features import unit_vectors
 DISTANCE_EPSILON = 1e-12
 
 
+def batch_of_one_message(shape):
+    """The error of a batch of one example, whose embeddings have `shape` (`keras_kd.Relational` reuses it)."""
+    return (
+        "relational KD compares examples of a batch; batch size 1 has no pairs; use batch size "
+        f">= 2 (>= 3 for angles). Got embeddings of shape {tuple(shape)}. If only the last "
+        "batch of an epoch is that small, drop it (tf.data: `batch(..., drop_remainder=True)`) or "
+        "pick a batch size that leaves a larger remainder."
+    )
+
+
 def _check_batch(teacher, student):
     t_batch, s_batch = teacher.shape[0], student.shape[0]
     if t_batch is not None and s_batch is not None and t_batch != s_batch:
@@ -21,12 +31,7 @@ def _check_batch(teacher, student):
             f"(teacher {tuple(teacher.shape)}) and {s_batch} (student {tuple(student.shape)})."
         )
     if t_batch == 1 or s_batch == 1:
-        raise ValueError(
-            "relational KD compares examples of a batch; batch size 1 has no pairs; use batch size "
-            f">= 2 (>= 3 for angles). Got embeddings of shape {tuple(teacher.shape)}. If only the last "
-            "batch of an epoch is that small, drop it (tf.data: `batch(..., drop_remainder=True)`) or "
-            "pick a batch size that leaves a larger remainder."
-        )
+        raise ValueError(batch_of_one_message(teacher.shape))
 
 
 def _off_diagonal(x):
@@ -79,20 +84,25 @@ def rkd_distance_loss(teacher_embeddings, student_embeddings, sample_weight=None
     """RKD's distance-wise loss: Huber between the normalised pairwise distances of student and teacher.
 
     Formula, with `d_ij = ||x_i - x_j||_2` on embeddings flattened to `(batch, features)`
-    and pair weights `w_ij = w_i * w_j` for `i != j` (all 1 without `sample_weight`):
+    and weights `w_ij = w_i * w_j` (all 1 without `sample_weight`):
 
         mu = sum_{i != j} w_ij d_ij / sum_{i != j} w_ij
-        L  = sum_{i != j} w_ij huber(d^s_ij / mu_s - d^t_ij / mu_t) / sum_{i != j} w_ij
+        L  = sum_{i, j} w_ij huber(d^s_ij / mu_s - d^t_ij / mu_t) / sum_{i, j} w_ij
 
     with `huber(x) = 0.5 x**2` for `|x| < 1`, else `|x| - 0.5` (smooth L1, delta 1).
-    Teacher and student widths may differ. The same weights enter the normalising
-    mean, so an example of weight 0 is excluded entirely; `L = 0` when the weights
-    sum to 0. Per-position weights `(batch, seq)` reduce to their maximum per example
-    (an example counts if any of its positions does).
+    The mean distance `mu` runs over the pairs `i != j`; the Huber mean runs over all
+    `batch**2` entries, the diagonal's zeros included, as in the authors' code
+    (`F.smooth_l1_loss` over the whole distance matrix, in lenscloth/RKD and
+    RepDistiller), so that their `distance_weight=25` carries over. (Without weights
+    that is `(batch - 1) / batch` of the mean over the pairs `i != j` alone, which
+    keras-kd up to 0.1.0 used.) Teacher and student widths may differ. The same
+    weights enter the normalising mean, so an example of weight 0 is excluded entirely;
+    `L = 0` when the weights sum to 0. Per-position weights `(batch, seq)` reduce to
+    their maximum per example (an example counts if any of its positions does).
 
     Distances of squared size <= 1e-24 (the diagonal, duplicate examples) are set to
     exactly 0 with a zero gradient, so the square root's infinite slope at 0 never
-    reaches the gradient (JAX would give NaN). Cost: O(batch**2 * width) time and memory.
+    reaches the gradient (JAX would give NaN). Cost: `O(batch**2 * width)` time and memory.
 
     Args:
         teacher_embeddings: `(batch, ...)` teacher embeddings (rank > 2 flattened per example).
@@ -113,20 +123,22 @@ def rkd_distance_loss(teacher_embeddings, student_embeddings, sample_weight=None
     >>> round(float(rkd_distance_loss(t, 3.0 * t + 1.0)), 6)  # scale and shift do not matter
     0.0
     >>> s = np.array([[0.0], [1.0], [2.0]])  # a line: distances 1, 2, 1
-    >>> round(float(rkd_distance_loss(t, s)), 4)
-    0.1075
+    >>> round(float(rkd_distance_loss(t, s)), 4)  # the mean over all 3 * 3 entries
+    0.0717
     """
     teacher = flatten_examples(ops.cast(teacher_embeddings, "float32"))
     student = flatten_examples(ops.cast(student_embeddings, "float32"))
     _check_batch(teacher, student)
     off_diagonal = _off_diagonal(teacher)
+    entry_weight = None  # the weights of all batch**2 entries; the diagonal's Huber values are exactly 0
     pair_weight = off_diagonal
     weight = _example_weights(sample_weight)
     if weight is not None:
-        pair_weight = pair_weight * weight[:, None] * weight[None, :]
+        entry_weight = weight[:, None] * weight[None, :]
+        pair_weight = pair_weight * entry_weight
     d_teacher = _normalised_distances(teacher, pair_weight, off_diagonal)
     d_student = _normalised_distances(student, pair_weight, off_diagonal)
-    return weighted_mean(_huber(d_student - d_teacher), pair_weight, "mean_with_sample_weight")
+    return weighted_mean(_huber(d_student - d_teacher), entry_weight, "mean_with_sample_weight")
 
 
 def _angle_cosines(x):
@@ -143,22 +155,27 @@ def rkd_angle_loss(teacher_embeddings, student_embeddings, sample_weight=None):
 
         c_ijk = <e_ij, e_kj>
 
-    over the triplets `T = {(i, j, k): i != j, k != j}` (`i == k` included: its cosine
-    is 1 on both sides, so it adds 0, up to rounding, to the sum and 1 to the count) with weights
-    `w_ijk = w_i * w_j * w_k` (all 1 without `sample_weight`):
+    over all `batch**3` triplets `(i, j, k)` with weights `w_ijk = w_i * w_j * w_k`
+    (all 1 without `sample_weight`):
 
-        L = sum_T w_ijk huber(c^s_ijk - c^t_ijk) / sum_T w_ijk
+        L = sum_{i, j, k} w_ijk huber(c^s_ijk - c^t_ijk) / sum_{i, j, k} w_ijk
 
     with `huber(x) = 0.5 x**2` for `|x| < 1`, else `|x| - 0.5` (smooth L1, delta 1);
-    `L = 0` when the weights sum to 0. The degenerate triplets with a zero difference
-    vector (`i == j` or `k == j`) are excluded: they have weight 0. Their unit vectors
-    are exactly 0, and so are those of duplicate examples (`x_i == x_j`, `i != j`),
-    with a zero gradient through the normalisation (see `unit_vectors`), so the
-    gradient is finite on every backend. Per-position weights `(batch, seq)` reduce
-    to their maximum per example. With batch size 2 every triplet has `i == k`: the
-    loss is 0 up to rounding.
+    `L = 0` when the weights sum to 0. This is the authors' normalisation
+    (`F.smooth_l1_loss` over the whole `batch**3` cosine tensor, in lenscloth/RKD and
+    RepDistiller), so that their `angle_weight=50` carries over. The degenerate
+    triplets (`i == j` or `k == j`) have a zero difference vector, whose unit vector
+    is exactly 0, so their cosine is 0 on both sides: they add 0 to the sum and 1 to
+    the count, as do the triplets `i == k` (cosine 1 on both sides, up to rounding).
+    (Without weights the mean is `(batch - 1)**2 / batch**2` of the mean over the
+    triplets `i != j, k != j` alone, which keras-kd up to 0.1.0 used.) The
+    unit vectors of duplicate examples (`x_i == x_j`, `i != j`) are 0 too, with a
+    zero gradient through the normalisation (see `unit_vectors`), so the gradient is
+    finite on every backend. Per-position weights `(batch, seq)` reduce to their
+    maximum per example. With batch size 2 every non-degenerate triplet has
+    `i == k`: the loss is 0 up to rounding.
 
-    Cost: O(batch**3 * width) time and O(batch**2 * width + batch**3) memory; at
+    Cost: `O(batch**3 * width)` time and `O(batch**2 * width + batch**3)` memory; at
     batch 128 this can cost more than a small student's whole step.
 
     Args:
@@ -180,17 +197,16 @@ def rkd_angle_loss(teacher_embeddings, student_embeddings, sample_weight=None):
     >>> round(float(rkd_angle_loss(t, 3.0 * t - 1.0)), 6)  # the angles survive scale and shift
     0.0
     >>> s = np.array([[0.0, 0.0], [1.0, 0.0], [0.0, 2.0]])
-    >>> round(float(rkd_angle_loss(t, s)), 4)
-    0.0086
+    >>> round(float(rkd_angle_loss(t, s)), 4)  # the mean over all 3 * 3 * 3 triplets
+    0.0038
     """
     teacher = flatten_examples(ops.cast(teacher_embeddings, "float32"))
     student = flatten_examples(ops.cast(student_embeddings, "float32"))
     _check_batch(teacher, student)
-    off_diagonal = _off_diagonal(teacher)
-    triplet_weight = off_diagonal[:, :, None] * off_diagonal[:, None, :]  # [j, i, k]: i != j, k != j
+    triplet_weight = None  # all batch**3 triplets; the degenerate ones have cosine 0 on both sides
     weight = _example_weights(sample_weight)
     if weight is not None:
-        triplet_weight = triplet_weight * weight[:, None, None] * weight[None, :, None] * weight[None, None, :]
+        triplet_weight = weight[:, None, None] * weight[None, :, None] * weight[None, None, :]  # [j, i, k]
     difference = _angle_cosines(student) - _angle_cosines(teacher)
     return weighted_mean(_huber(difference), triplet_weight, "mean_with_sample_weight")
 

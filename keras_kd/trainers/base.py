@@ -24,8 +24,13 @@ and these hooks, which `Distiller`'s entry points call:
 - `_check_entry(method)`: raises when `fit`, `evaluate`, `predict` or a `*_on_batch` cannot run
   under the current distribution settings;
 - `_fit_data(x, shuffle)`: the training data as this backend reads it best (`(x, shuffle)` unchanged
-  by default).
+  by default);
+- `_restoring_variables()`: a context manager around Keras's entry point, after which, should it
+  raise, every variable holds a value again (JAX: Keras moves the values into its training state
+  and leaves the variables empty when a step raises; a no-op elsewhere).
 """
+
+import contextlib
 
 import keras
 
@@ -67,6 +72,9 @@ class StepContract:
 
     def _fit_data(self, x, shuffle):
         return x, shuffle
+
+    def _restoring_variables(self):
+        return contextlib.nullcontext()
 
     def _symbolic_build(self, iterator=None, data_batch=None):
         # JAX and PyTorch: Keras builds the model from the first batch of fit(), evaluate() and the

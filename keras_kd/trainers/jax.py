@@ -10,7 +10,16 @@ distribution's device mesh, which holds when teacher, student and distiller are
 made inside `distribution.scope()`. `fit`, `evaluate`, `predict` and the
 `*_on_batch` methods check that first, since Keras otherwise fails inside
 `jax.jit` (and `fit`, `evaluate`, `predict` after dropping the variables' values).
+
+Keras's `fit`, `evaluate` and `predict` move the variables' values into the training state
+(`_get_jax_state(purge_model_variables=True)`) and put them back at the end of the epoch; an
+exception inside a step (a bad batch, a layer that raises) leaves every variable empty, and each
+later call fails deep inside a layer ("'NoneType' object is not callable"). `_restoring_variables`,
+around each entry point, puts the last values back after any exception: the values the state was
+taken from, or those of the last step that ran (`_jax_state`) where the step consumed them.
 """
+
+import contextlib
 
 import jax
 import keras
@@ -78,9 +87,76 @@ def check_distribution_placement(model, method):
     )
 
 
+def _usable(value):
+    return value is not None and not getattr(value, "is_deleted", lambda: False)()
+
+
+class _TakenValues:
+    """The values Keras's JAX trainer took out of the distiller's variables during one entry point, by reference."""
+
+    def __init__(self):
+        self.depth = 0
+        self.values = {}  # id(variable) -> (variable, value)
+
+    def record(self, variables):
+        for variable in variables:
+            if variable._value is not None:
+                self.values[id(variable)] = (variable, variable._value)
+
+    def restore(self, model):
+        """Gives every emptied variable its last value: the one taken, or the last step's where that was consumed."""
+        for variable, value in self.values.values():
+            if variable._value is None and _usable(value):
+                variable._value = value
+        state = getattr(model, "_jax_state", None) or {}
+        optimizer = getattr(model, "optimizer", None)
+        for key, variables in [
+            ("trainable_variables", model.trainable_variables),
+            ("non_trainable_variables", model.non_trainable_variables),
+            ("optimizer_variables", getattr(optimizer, "variables", [])),
+            ("metrics_variables", model.metrics_variables),
+        ]:
+            for variable, value in zip(variables, state.get(key) or []):
+                if variable._value is None and _usable(value):
+                    variable._value = value
+        model._jax_state = None
+        model._jax_state_synced = True
+
+
 class DistillationSteps(StepContract):
     def _check_entry(self, method):
         check_distribution_placement(self, method)
+
+    @contextlib.contextmanager
+    def _restoring_variables(self):
+        taken = self.__dict__.get("_taken_values")
+        if taken is None:
+            taken = _TakenValues()
+            object.__setattr__(self, "_taken_values", taken)  # plain state: not tracked by Keras
+        taken.depth += 1
+        try:
+            yield
+        except BaseException:
+            taken.restore(self)
+            raise
+        finally:
+            taken.depth -= 1
+            if not taken.depth:
+                taken.values = {}
+
+    def _get_jax_state(self, **kwargs):
+        # Keras empties the variables it takes here (purge_model_variables): remember their values.
+        taken = self.__dict__.get("_taken_values")
+        if kwargs.get("purge_model_variables") and taken is not None and taken.depth:
+            if kwargs.get("trainable_variables"):
+                taken.record(self.trainable_variables)
+            if kwargs.get("non_trainable_variables"):
+                taken.record(self.non_trainable_variables)
+            if kwargs.get("optimizer_variables"):
+                taken.record(self.optimizer.variables)
+            if kwargs.get("metrics_variables"):
+                taken.record(self.metrics_variables)
+        return super()._get_jax_state(**kwargs)
 
     def _model_scope(self, trainable_values, non_trainable_values):
         mapping = list(zip(self.trainable_variables, trainable_values))
@@ -129,6 +205,7 @@ class DistillationSteps(StepContract):
         trainable_values, optimizer_values = self.optimizer.stateless_apply(
             optimizer_values, gradients, trainable_values
         )
+        loss = self._objective.logged_loss(loss, trainable_values)
         logs, metrics_values = self._metrics_update(metrics_values, loss, terms, x, y, student_logits, sample_weight)
         return logs, (trainable_values, non_trainable_values, optimizer_values, metrics_values)
 

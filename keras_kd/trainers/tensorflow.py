@@ -70,6 +70,7 @@ class DistillationSteps(StepContract):
         variables = self.trainable_variables
         gradients = self._objective.mask_gradients(tape.gradient(scaled_loss, variables), variables)
         self.optimizer.apply_gradients(zip(gradients, variables))
+        loss = self._objective.logged_loss(loss, [v.value for v in variables])
         return self._update_metrics(loss, terms, x, y, student_logits, sample_weight)
 
     def test_step(self, data):

@@ -29,8 +29,9 @@ class DistillationSteps(StepContract):
         gradients = self._objective.mask_gradients([v.value.grad for v in variables], variables)
         with torch.no_grad():
             self.optimizer.apply(gradients, variables)
+            loss = self._objective.logged_loss(loss.detach(), [v.value for v in variables])
         terms = {name: value.detach() for name, value in terms.items()}
-        return self._update_metrics(loss.detach(), terms, x, y, student_logits.detach(), sample_weight)
+        return self._update_metrics(loss, terms, x, y, student_logits.detach(), sample_weight)
 
     def test_step(self, data):
         """One evaluation step, under `no_grad`: the distillation loss and metrics of `data`, no update."""

@@ -15,9 +15,9 @@ import time
 
 import keras
 import numpy as np
+from pause_in_shard import pause_in_shard
 
 import keras_kd
-from keras_kd.cache import shards
 
 BATCH_SIZE = 8
 EXAMPLES_PER_SHARD = 16
@@ -41,23 +41,9 @@ def pause():
     raise RuntimeError("interrupted_cache_build.py waited at its pause marker, but nothing killed it.")
 
 
-atomic_write = shards.atomic_write
 
 
-def atomic_write_pausing(path, write):
-    """`shards.atomic_write`, pausing once the chosen shard's bytes are in its temporary file."""
-    if os.path.basename(path) != shards.shard_name(int(pause_shard)):
-        return atomic_write(path, write)
-
-    def write_then_pause(file):
-        write(file)
-        file.flush()
-        pause()
-
-    return atomic_write(path, write_then_pause)
-
-
-shards.atomic_write = atomic_write_pausing
+pause_in_shard(int(pause_shard), pause)
 cache = keras_kd.TeacherCache.build(
     teacher, batches(), directory, dtype="float32", examples_per_shard=EXAMPLES_PER_SHARD, verbose=0
 )
