@@ -16,7 +16,7 @@ from keras_kd import soft_loss as soft_losses
 from keras_kd import validation
 from keras_kd.callbacks import SoftLossWarmup
 from keras_kd.data import text
-from keras_kd.data.arrays import is_in_memory
+from keras_kd.data.arrays import array_refs, first_rows, is_in_memory, same_arrays
 from keras_kd.data.batch_keys import is_cached, student_view, teacher_view
 from keras_kd.metrics import TermMeans
 from keras_kd.objective import Objective
@@ -230,6 +230,7 @@ class Distiller(DistillationSteps, keras.Model):
     # Properties.
 
     _teacher_variable_ids = frozenset()  # set at construction
+    _inspected_arrays = None  # the in-memory data whose first batch fit() inspected last (weak references)
 
     def _without_teachers(self, variables):
         return [v for v in variables if id(v) not in self._teacher_variable_ids]
@@ -407,6 +408,7 @@ class Distiller(DistillationSteps, keras.Model):
         )
         x, shuffle = self._fit_data(x, shuffle)
         self._first_batch_pending = "fit"
+        self._inspect_in_memory_first_batch(x, y, sample_weight, batch_size)
         try:
             with self._restoring_variables():
                 return super().fit(
@@ -547,6 +549,22 @@ class Distiller(DistillationSteps, keras.Model):
         validation.check_class_labels(y, classes, _ignore_class(self.loss))
         for who, logits in teacher_outputs:
             validation.warn_if_near_chance(who, logits, y, sample_weight)
+
+    def _inspect_in_memory_first_batch(self, x, y, sample_weight, batch_size):
+        """`fit`'s first-batch inspection for in-memory data, from its first rows; otherwise left to the backend.
+
+        Reading the rows creates no iterator (on TensorFlow one costs about two steps of a small model).
+        A later fit on the very same arrays (a loop of short fits) does not inspect them again: the eager
+        teacher forward would cost it 1-3 steps.
+        """
+        first = first_rows(x, y, sample_weight, batch_size or 32)
+        if first is None:
+            return
+        if same_arrays(self._inspected_arrays, (x, y, sample_weight)):
+            self._first_batch_pending = False
+            return
+        self._inspect_first_batch(first)
+        self._inspected_arrays = array_refs((x, y, sample_weight))
 
     def _first_batch_readers(self, x):
         """`(role, model, what it reads of batch input x)` for the student and each teacher (None: a cached batch)."""

@@ -9,6 +9,9 @@ returns a `SoftTerm` with the same call for all of them,
 properties the distiller reads: `needs_labels`, `warmup_epochs` and `warmup_weight(epoch)`.
 """
 
+import inspect
+import warnings
+
 import keras
 
 from keras_kd import losses
@@ -107,7 +110,32 @@ def _resolve_loss_object(spec, temperature):
 
 
 def serialize(spec):
-    return spec if isinstance(spec, str) else keras.saving.serialize_keras_object(spec)
+    """The soft loss as a config; warns when a file saved with it could not be loaded as it is.
+
+    Keras records a plain function by its name only (a lambda by its bytecode): loading needs it
+    registered, or passed in `custom_objects` (a lambda, `safe_mode=False`).
+    """
+    if isinstance(spec, str):
+        return spec
+    if (
+        inspect.isfunction(spec)
+        and keras.saving.get_registered_object(keras.saving.get_registered_name(spec)) is not spec
+    ):
+        name = spec.__name__
+        fix = (
+            "keras.saving.load_model(path, safe_mode=False) after defining it (better: a named function)"
+            if name == "<lambda>"
+            else f"keras.saving.load_model(path, custom_objects={{{name!r}: {name}}}), or decorate it with "
+            "@keras.saving.register_keras_serializable() so that it loads wherever it is defined or imported"
+        )
+        warnings.warn(
+            f"soft_loss {name} is a plain function: a saved distiller records only its "
+            f"{'bytecode' if name == '<lambda>' else 'name'}, so keras.saving.load_model cannot find it on its "
+            f"own. Load the file with {fix}.",
+            UserWarning,
+            stacklevel=2,
+        )
+    return keras.saving.serialize_keras_object(spec)
 
 
 def deserialize(config):

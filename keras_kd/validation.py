@@ -510,6 +510,17 @@ def _integer_valued(values):
     return np.issubdtype(values.dtype, np.floating) and bool(np.all(np.isfinite(values) & (values == np.round(values))))
 
 
+def local_numpy(value):
+    """`value` as a NumPy array; for an array spread over several processes (JAX multi-host), this process's part.
+
+    Such an array cannot be fetched whole: its addressable shards are concatenated along the batch
+    axis (a replicated shard repeats rows, which the first-batch checks tolerate).
+    """
+    if getattr(value, "is_fully_addressable", True) is False:
+        return np.concatenate([np.asarray(shard.data) for shard in value.addressable_shards])
+    return np.asarray(keras.ops.convert_to_numpy(value))
+
+
 def check_class_labels(y, classes, ignore_class=None):
     """Raises when class-id labels (integers of the logits' shape without the class axis) lie outside `[0, classes)`.
 
@@ -518,7 +529,7 @@ def check_class_labels(y, classes, ignore_class=None):
     """
     if y is None or classes is None or classes < 2 or not hasattr(y, "shape"):
         return
-    values = np.asarray(keras.ops.convert_to_numpy(y))
+    values = local_numpy(y)
     if values.size == 0 or values.dtype == bool or not _integer_valued(values):
         return
     if ignore_class is not None:
@@ -547,8 +558,8 @@ def sparse_labels_like(y, logits_shape):
     except ValueError:
         return None
     if kind == "categorical":
-        return np.asarray(keras.ops.convert_to_numpy(keras.ops.argmax(y, axis=-1)))
-    values = np.asarray(keras.ops.convert_to_numpy(y))
+        return local_numpy(keras.ops.argmax(y, axis=-1))
+    values = local_numpy(y)
     if not _integer_valued(values):
         return None
     return values[..., 0] if values.ndim == len(logits_shape) else values  # (batch, 1) -> (batch,)
@@ -567,12 +578,12 @@ def warn_if_near_chance(source, logits, y, sample_weight=None):
     labels = sparse_labels_like(y, tuple(logits.shape))
     if labels is None:
         return
-    predicted = np.asarray(keras.ops.convert_to_numpy(keras.ops.argmax(logits, axis=-1)))
+    predicted = local_numpy(keras.ops.argmax(logits, axis=-1))
     if labels.shape != predicted.shape:
         return
     counted = (labels >= 0) & (labels < classes)
     if sample_weight is not None:
-        weight = np.asarray(keras.ops.convert_to_numpy(sample_weight))
+        weight = local_numpy(sample_weight)
         while weight.ndim > predicted.ndim and weight.shape[-1] == 1:
             weight = weight[..., 0]
         weight = weight.reshape(weight.shape + (1,) * (predicted.ndim - weight.ndim))

@@ -267,3 +267,37 @@ def test_teacher_and_student_inputs_of_different_shapes():
         distiller.fit(x, y, batch_size=16, epochs=1, verbose=0)
     history = distiller.fit(keras_kd.paired_inputs(x, x[:, :6]), y, batch_size=16, epochs=1, verbose=0).history
     assert np.isfinite(history["loss"]).all()  # each model gets its own input
+
+
+# ----------------------------------------------------------------------------- saving
+
+
+def plain_soft_loss(teacher_logits, student_logits, temperature, sample_weight=None):
+    return keras_kd.losses.soft_target_loss(teacher_logits, student_logits, temperature, sample_weight)
+
+
+@keras.saving.register_keras_serializable(package="test_bad_inputs_distiller")
+def registered_soft_loss(teacher_logits, student_logits, temperature, sample_weight=None):
+    return keras_kd.losses.soft_target_loss(teacher_logits, student_logits, temperature, sample_weight)
+
+
+def test_saving_a_plain_function_soft_loss_says_how_to_load_it(tmp_path):
+    x, y = toy_data(n=32)
+    teacher, student = models()
+    distiller = keras_kd.Distiller(teacher, student, soft_loss=plain_soft_loss).compile("adam")
+    distiller.fit(x, y, epochs=1, verbose=0)
+    path = str(tmp_path / "d.keras")
+    with pytest.warns(UserWarning, match=r"soft_loss plain_soft_loss is a plain function.*custom_objects="):
+        distiller.save(path)
+    with pytest.raises(TypeError, match="plain_soft_loss"):  # what the warning prevents
+        keras.saving.load_model(path)
+    loaded = keras.saving.load_model(path, custom_objects={"plain_soft_loss": plain_soft_loss})
+    assert loaded.soft_loss is plain_soft_loss
+    np.testing.assert_allclose(loaded.predict(x, verbose=0), distiller.predict(x, verbose=0), rtol=1e-6)
+    # A registered function saves without the warning and loads as it is.
+    registered = keras_kd.Distiller(*models(), soft_loss=registered_soft_loss).compile("adam")
+    registered.fit(x, y, epochs=1, verbose=0)
+    with warnings.catch_warnings():
+        warnings.simplefilter("error", UserWarning)
+        registered.save(str(tmp_path / "r.keras"))
+    assert keras.saving.load_model(str(tmp_path / "r.keras")).soft_loss is registered_soft_loss

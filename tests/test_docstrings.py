@@ -35,6 +35,8 @@ MODULES = [
     "keras_kd.hub.gguf",
     "keras_kd.recipes.progressive",
     "keras_kd.recipes.pseudo_label",
+    "keras_kd.demo.cli",
+    "keras_kd.demo.datasets",
 ]
 
 # What the hub modules' examples need besides Keras: KerasHub, and for GGUF the `gguf` package and

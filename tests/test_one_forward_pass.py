@@ -61,6 +61,23 @@ def test_each_model_runs_once_per_training_step(with_pairs):
     assert count(teacher) == steps + 1
 
 
+def test_a_second_fit_on_the_same_arrays_does_not_run_the_teacher_again_for_the_first_batch():
+    x, y = toy_data(n=64)
+    teacher, student = counted_model("teacher", 16), counted_model("student", 8)
+    distiller = keras_kd.Distiller(teacher, student).compile("adam")
+    steps = 64 // 16
+    distiller.fit(x, y, batch_size=16, epochs=1, verbose=0)
+    assert count(teacher) == steps + 1  # the steps, and the first-batch check
+    distiller.fit(x, y, batch_size=16, epochs=1, verbose=0)  # the very same arrays: inspected already
+    assert count(teacher) == 2 * steps + 1
+    distiller.fit(x.copy(), y, batch_size=16, epochs=1, verbose=0)  # other arrays (equal values): inspected
+    assert count(teacher) == 3 * steps + 2
+    bad = x.copy()
+    bad[0, 0] = float("nan")
+    with pytest.raises(ValueError, match="non-finite"):
+        distiller.fit(bad, y, batch_size=16, epochs=1, verbose=0)
+
+
 def test_keras_core_runs_the_student_twice_for_a_feature_term():
     from keras.distillation import Distiller, FeatureDistillation, LogitsDistillation
 

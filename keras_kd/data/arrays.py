@@ -1,5 +1,7 @@
 """What the user gave as data: in-memory arrays or a dataset, and iterating over its batches."""
 
+import weakref
+
 import keras
 import numpy as np
 
@@ -41,6 +43,48 @@ def unpack_batch(batch, what="A batch"):
             )
         return tuple(batch) + (None,) * (3 - len(batch))
     return batch, None, None
+
+
+def first_rows(x, y, sample_weight, count):
+    """The batch `(x, y, sample_weight)` of the first `count` rows of in-memory data, as `fit` would batch it.
+
+    Absent parts are left out of the tuple (as Keras's array adapter does). None when the data is not
+    in memory (a dataset, a generator): then only its iterator can give the first batch.
+
+    >>> import numpy as np
+    >>> batch = first_rows(np.zeros((10, 3)), np.arange(10), None, 4)
+    >>> len(batch), batch[0].shape, batch[1].tolist()
+    (2, (4, 3), [0, 1, 2, 3])
+    >>> first_rows(iter([]), None, None, 4) is None
+    True
+    """
+    parts = tuple(part for part in (x, y, sample_weight) if part is not None)
+    if not parts or not all(is_in_memory(part) for part in parts):
+        return None
+    return keras.tree.map_structure(lambda array: array[:count], parts)
+
+
+def array_refs(data):
+    """Weak references to the arrays of in-memory `data`, for `same_arrays`; None when one cannot be referenced."""
+    try:
+        return [weakref.ref(leaf) for leaf in keras.tree.flatten(data) if leaf is not None]
+    except TypeError:
+        return None
+
+
+def same_arrays(refs, data):
+    """Whether `data`'s arrays are the very objects that `refs` (from `array_refs`) still point to.
+
+    >>> import numpy as np
+    >>> x, y = np.zeros((4, 2)), np.arange(4)
+    >>> refs = array_refs((x, y))
+    >>> same_arrays(refs, (x, y)), same_arrays(refs, (x.copy(), y))
+    (True, False)
+    """
+    if refs is None:
+        return False
+    leaves = [leaf for leaf in keras.tree.flatten(data) if leaf is not None]
+    return len(leaves) == len(refs) and all(ref() is leaf for ref, leaf in zip(refs, leaves))
 
 
 def batch_size_of(x):
