@@ -219,13 +219,13 @@ def test_teacher_cache_build_resumes_after_kill_9(tmp_path, subprocesses, monkey
     assert len(left) == 1 and left[0].startswith(".shard-00002.npz.") and left[0].endswith(".tmp"), left
 
     forwarded = []  # how many examples each teacher batch of this process held
-    predict_on_batch = cache_build_module._TeacherForward.predict_on_batch
+    dispatch_batch = cache_build_module._dispatch_batch
 
-    def counting_predict_on_batch(self, x):
-        forwarded.append(len(x))
-        return predict_on_batch(self, x)
+    def counting_dispatch_batch(predictor, forward, metadata, batch, first):
+        forwarded.append(len(batch[0]))
+        return dispatch_batch(predictor, forward, metadata, batch, first)
 
-    monkeypatch.setattr(cache_build_module._TeacherForward, "predict_on_batch", counting_predict_on_batch)
+    monkeypatch.setattr(cache_build_module, "_dispatch_batch", counting_dispatch_batch)
     teacher = keras.saving.load_model(tmp_path / "teacher.keras")
     options = dict(dtype="float32", examples_per_shard=16, verbose=0)
     resumed = keras_kd.TeacherCache.build(teacher, _batches(x, y), directory, **options)  # the killed call again

@@ -47,15 +47,15 @@ def count_calls(model):
 
 
 def count_cached_examples(monkeypatch):
-    """Counts the examples `TeacherCache.build` runs the teacher on (through its compiled predict step)."""
+    """Counts the examples `TeacherCache.build` runs the teacher on (dispatched to its compiled predict step)."""
     calls = {"examples": 0}
-    original = cache_build_module._TeacherForward.predict_on_batch
+    original = cache_build_module._dispatch_batch
 
-    def counting(self, x):
-        calls["examples"] += int(np.shape(x)[0])
-        return original(self, x)
+    def counting(predictor, forward, metadata, batch, first):
+        calls["examples"] += int(np.shape(keras.tree.flatten(batch[0])[0])[0])
+        return original(predictor, forward, metadata, batch, first)
 
-    monkeypatch.setattr(cache_build_module._TeacherForward, "predict_on_batch", counting)
+    monkeypatch.setattr(cache_build_module, "_dispatch_batch", counting)
     return calls
 
 

@@ -9,9 +9,10 @@
 3. `_open_store`: the `ShardStore` of the whole cache or of this process's part, resumed when a
    build was interrupted;
 4. `_write_batches`: per batch, the examples a resumed build already stored are checked
-   (`_check_resumed`: inputs, labels and sample weights) and skipped, the teacher runs
-   (`_TeacherForward`) on the rest, and `_batch_arrays` lays them out as stored; a `_Writer`
-   thread fingerprints them and writes the shards while the teacher runs on the next batches;
+   (`_check_resumed`: inputs, labels and sample weights) and skipped, the teacher is dispatched
+   (`_TeacherForward` through the backend's `BatchPredictor`) on the rest; a `_Writer` thread
+   fetches its outputs, lays them out as stored (`_batch_arrays`), fingerprints them and writes the
+   shards while the teacher runs on the next batches;
 5. for a distributed build, `_gather_parts`: process 0 writes the manifest over every part.
 
 Two builds never write one directory at once: the store locks it (`shards.DirectoryLock`), and the
@@ -55,6 +56,7 @@ from keras_kd.features.capture import capture, captured_output
 from keras_kd.features.pairs import LayerPair
 from keras_kd.losses.top_k import check_top_k, top_k_logits
 from keras_kd.teachers import stacked_logits
+from keras_kd.trainers import BatchPredictor
 
 # ----------------------------------------------------------------------------- the build, step by step
 
@@ -170,7 +172,7 @@ def _write_batches(store, forward, metadata, batches, progress):
     skip = store.stored_examples
     progbar, unit = progress if progress is not None else (None, None)
     position = 0
-    with _Writer() as writer:
+    with BatchPredictor(forward.model) as predictor, _Writer() as writer:
         for count, (x, y, sample_weight) in enumerate(batches, 1):
             n = batch_size_of(x)
             _check_same_structure(metadata, y, sample_weight, position)
@@ -182,8 +184,8 @@ def _write_batches(store, forward, metadata, batches, progress):
                     raise _more_data_than_stored(store, position + done)
                 if done:  # the first `done` examples of this batch were stored before the interruption
                     x, y, sample_weight = (None if p is None else _slice(p, done) for p in (x, y, sample_weight))
-                arrays = _batch_arrays(forward, metadata, (x, y, sample_weight), position + done)
-                size = sum(a.nbytes for a in arrays.values()) + sum(leaf.nbytes for leaf in keras.tree.flatten(x))
+                arrays = _dispatch_batch(predictor, forward, metadata, (x, y, sample_weight), position + done)
+                size = 2 * sum(np.asarray(leaf).nbytes for leaf in keras.tree.flatten(x))  # inputs, and stored
                 writer.submit(functools.partial(_append, store, arrays, x), size)
             position += n
             if progbar is not None:
@@ -202,7 +204,9 @@ def _write_batches(store, forward, metadata, batches, progress):
 
 
 def _append(store, arrays, x):
-    """On the writer thread: the batch's fingerprints, then its rows into the store (which writes full shards)."""
+    """On the writer thread: the batch's arrays (`arrays()` fetches the teacher's outputs), its fingerprints,
+    then its rows into the store (which writes full shards)."""
+    arrays = arrays()
     arrays[FINGERPRINT] = example_fingerprints(x)
     store.append(arrays)
 
@@ -282,14 +286,22 @@ class _Writer:
         return False
 
 
-def _batch_arrays(forward, metadata, batch, first):
-    """`{key: array}` of one batch as stored (no fingerprint): inputs, labels, the teacher's outputs.
+def _dispatch_batch(predictor, forward, metadata, batch, first):
+    """Starts the teacher on one batch; returns `arrays()`, the batch as stored (no fingerprint), for the writer.
 
-    `first` is the position of the batch's first example, for the error on non-finite outputs.
+    `arrays()` fetches the teacher's outputs (waiting for them), checks them and returns `{key: array}`:
+    inputs, labels, the teacher's outputs. `first` is the position of the batch's first example, for
+    the errors on non-finite inputs (raised here) and outputs (raised by `arrays()`).
     """
-    x, y, sample_weight = batch
+    x = batch[0]
     checks.check_finite_inputs(x, "TeacherCache.build's data", first)
-    logits, features = forward.predict_on_batch(teacher_view(x))
+    outputs = predictor.dispatch(teacher_view(x))
+    return functools.partial(_batch_arrays, forward, metadata, batch, first, predictor.fetch, outputs)
+
+
+def _batch_arrays(forward, metadata, batch, first, fetch, outputs):
+    x, y, sample_weight = batch
+    logits, features = forward.outputs(fetch(outputs))
     arrays = {key: np.asarray(leaf) for key, leaf in leaves(metadata["inputs"], student_view(x))}
     if y is not None:
         arrays["y"] = np.asarray(y)
@@ -339,11 +351,16 @@ class _TeacherForward(keras.Model):
         self._teacher_predicts = len(teachers) == 1 and not pair_paths and top_k is None
         self.built = True
 
-    def predict_on_batch(self, x):
-        """`(logits, features)` of a batch as NumPy: features per pair, logits per `top_k`, stacked per teacher."""
+    @property
+    def model(self):
+        """The model whose compiled predict step runs: the teacher itself for its logits alone, else this one."""
+        return self.teachers[0] if self._teacher_predicts else self
+
+    def outputs(self, fetched):
+        """`(logits, features)` from what `self.model` returned: features per pair, logits per `top_k`, stacked."""
         if self._teacher_predicts:
-            return _checked_teacher_output(self.teachers[0].predict_on_batch(x), self.teachers[0]), []
-        return super().predict_on_batch(x)
+            return _checked_teacher_output(fetched, self.teachers[0]), []
+        return fetched
 
     def call(self, x, training=False):
         teachers = self.teachers

@@ -9,10 +9,12 @@ import keras
 
 _backend = keras.backend.backend()
 if _backend == "tensorflow":
+    from keras_kd.trainers.base import BatchPredictor
     from keras_kd.trainers.tensorflow import DistillationSteps
 elif _backend == "jax":
-    from keras_kd.trainers.jax import DistillationSteps
+    from keras_kd.trainers.jax import BatchPredictor, DistillationSteps
 elif _backend == "torch":
+    from keras_kd.trainers.base import BatchPredictor
     from keras_kd.trainers.torch import DistillationSteps
 else:
     raise ImportError(
@@ -20,4 +22,4 @@ else:
         f"{_backend!r}. Set KERAS_BACKEND before importing keras."
     )
 
-__all__ = ["DistillationSteps"]
+__all__ = ["BatchPredictor", "DistillationSteps"]

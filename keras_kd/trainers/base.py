@@ -33,6 +33,7 @@ and these hooks, which `Distiller`'s entry points call:
 import contextlib
 
 import keras
+import numpy as np
 
 
 def first_batch(iterator):
@@ -85,3 +86,29 @@ class StepContract:
                 iterator = None
             self._inspect_first_batch(data_batch)
         return super()._symbolic_build(iterator=iterator, data_batch=data_batch)
+
+
+class BatchPredictor:
+    """A model's `predict_on_batch` in two halves, so that one batch's forward pass overlaps the last one's fetch.
+
+    `dispatch(x)` starts the compiled forward pass on a batch and returns its outputs as they come;
+    `fetch(outputs)` returns them as NumPy (it may wait for them). Used as a context manager around
+    a loop of batches (`TeacherCache.build`); the model is not to be used otherwise inside it. The
+    default dispatches `predict_on_batch` whole (TensorFlow, PyTorch: it returns NumPy already).
+    """
+
+    def __init__(self, model):
+        self.model = model
+
+    def __enter__(self):
+        return self
+
+    def __exit__(self, *exception):
+        return False
+
+    def dispatch(self, x):
+        return self.model.predict_on_batch(x)
+
+    @staticmethod
+    def fetch(outputs):
+        return keras.tree.map_structure(np.asarray, outputs)

@@ -26,6 +26,7 @@ import keras
 from keras import StatelessScope
 from keras.utils import unpack_x_y_sample_weight
 
+from keras_kd.trainers.base import BatchPredictor as _BatchPredictor
 from keras_kd.trainers.base import StepContract
 
 
@@ -219,3 +220,39 @@ class DistillationSteps(StepContract):
         )
         logs, metrics_values = self._metrics_update(metrics_values, loss, terms, x, y, student_logits, sample_weight)
         return logs, (trainable_values, non_trainable_values, metrics_values)
+
+
+class BatchPredictor(_BatchPredictor):
+    """JAX: batches dispatched asynchronously through the model's compiled predict step, its state taken once.
+
+    `predict_on_batch` converts each batch's outputs to NumPy before returning, so the next batch is
+    dispatched only once the last one has finished (and it re-syncs the model's variables per call):
+    a build with a small teacher took 1.4x the teacher's own `predict`. Here the state is taken on
+    entering (the predict step donates its buffers, so it is carried from call to call) and put back
+    into the model's variables on leaving, also after an exception.
+    """
+
+    def __enter__(self):
+        model = self.model
+        model.make_predict_function()
+        self._state = model._get_jax_state(
+            trainable_variables=True,
+            non_trainable_variables=True,
+            metrics_variables=False,
+            purge_model_variables=False,
+        )
+        return self
+
+    def __exit__(self, *exception):
+        trainable_variables, non_trainable_variables = self._state
+        self.model._jax_state = {
+            "trainable_variables": trainable_variables,
+            "non_trainable_variables": non_trainable_variables,
+        }
+        self.model._jax_state_synced = False
+        self.model.jax_state_sync()
+        return False
+
+    def dispatch(self, x):
+        outputs, self._state = self.model.predict_function(self._state, iter([(x,)]))
+        return outputs
