@@ -464,20 +464,7 @@ def _check_metadata(directory, metadata, schema):
             "TeacherCache.build into a fresh directory."
         )
 
-    def is_int(value, minimum):
-        return isinstance(value, int) and not isinstance(value, bool) and value >= minimum
-
-    def is_spec(spec):
-        if isinstance(spec, str):
-            return True
-        if not isinstance(spec, dict) or len(spec) != 1:
-            return False
-        ((kind, children),) = spec.items()
-        if kind == "dict":
-            return isinstance(children, dict) and all(is_spec(child) for child in children.values())
-        return kind in ("list", "tuple") and isinstance(children, list) and all(is_spec(c) for c in children)
-
-    if "num_teachers" in metadata and not is_int(metadata["num_teachers"], 2):
+    if "num_teachers" in metadata and not _is_int(metadata["num_teachers"], 2):
         raise refuse("num_teachers", "the number of teachers (an int >= 2), or nothing for one teacher")
     teachers, teacher = metadata.get("num_teachers", 1), metadata.get("teacher")
     if teachers == 1:
@@ -493,18 +480,39 @@ def _check_metadata(directory, metadata, schema):
         isinstance(p, list) and all(isinstance(q, str) for q in p) for p in paths
     ):
         raise refuse("pair_paths", "a list of lists of teacher layer paths")
-    if not is_spec(metadata.get("inputs")):
+    if not _is_spec(metadata.get("inputs")):
         raise refuse("inputs", "the nesting of the inputs (a key, or {'dict'|'list'|'tuple': ...})")
     for field in ("has_labels", "has_sample_weight"):
         if not isinstance(metadata.get(field), bool):
             raise refuse(field, "true or false")
     top_k = metadata.get("top_k")
-    if top_k is not None and not is_int(top_k, 1):
+    if top_k is not None and not _is_int(top_k, 1):
         raise refuse("top_k", "the number of logits kept per position (an int >= 1), or nothing")
-    if top_k is not None and not (is_int(metadata.get("vocabulary_size"), 2) and metadata["vocabulary_size"] > top_k):
+    if top_k is not None and not (_is_int(metadata.get("vocabulary_size"), 2) and metadata["vocabulary_size"] > top_k):
         raise refuse("vocabulary_size", "the number of classes, larger than top_k")
-    if not schema:
-        return  # no examples stored (an empty part of a distributed build): nothing else to check
+    if schema:  # else no examples stored (an empty part of a distributed build): nothing else to check
+        _check_stored_keys(directory, metadata, schema)
+
+
+def _is_int(value, minimum):
+    return isinstance(value, int) and not isinstance(value, bool) and value >= minimum
+
+
+def _is_spec(spec):
+    """Whether `spec` is a nesting of the inputs as the metadata records it: a key, or {'dict'|'list'|'tuple': ...}."""
+    if isinstance(spec, str):
+        return True
+    if not isinstance(spec, dict) or len(spec) != 1:
+        return False
+    ((kind, children),) = spec.items()
+    if kind == "dict":
+        return isinstance(children, dict) and all(_is_spec(child) for child in children.values())
+    return kind in ("list", "tuple") and isinstance(children, list) and all(_is_spec(c) for c in children)
+
+
+def _check_stored_keys(directory, metadata, schema):
+    """Raises `CacheCorruptError` when the shards' arrays lack one that the (checked) metadata describes."""
+    top_k, paths = metadata.get("top_k"), metadata["pair_paths"]
     expected = {FINGERPRINT, *(key for key in _input_keys(metadata["inputs"]))}
     expected |= {LOGITS} if top_k is None else {TOP_K_VALUES, TOP_K_INDICES, TOP_K_TAIL}
     expected |= {"y"} if metadata["has_labels"] else set()

@@ -477,8 +477,8 @@ def _positive_float_field(reader, key, path, default):
     return float(value)
 
 
-def _backbone_config(reader, tensors, path):
-    """The `Llama3Backbone` arguments, every declared size checked against the tensors present."""
+def _check_supported_llama(reader, tensors, path):
+    """Raises unless the file is a dense Llama-family model without per-frequency RoPE factors."""
     architecture = _field(reader, "general.architecture", None)
     if architecture != "llama":
         raise ValueError(
@@ -493,6 +493,9 @@ def _backbone_config(reader, tensors, path):
             "scaling); load_gguf does not support them."
         )
 
+
+def _attention_shape(reader, path):
+    """`(hidden_dim, num_heads, num_kv_heads)`, checked to divide as KerasHub's Llama needs."""
     hidden_dim = _int_field(reader, "llama.embedding_length", path)
     num_heads = _int_field(reader, "llama.attention.head_count", path)
     num_kv_heads = _int_field(reader, "llama.attention.head_count_kv", path, default=num_heads)
@@ -511,8 +514,11 @@ def _backbone_config(reader, tensors, path):
                 f"{path}: {key} is {value} but embedding_length / head_count is {head_dim}; KerasHub's Llama "
                 "needs them equal (full-width rotary embeddings, no separate head size)."
             )
+    return hidden_dim, num_heads, num_kv_heads
 
-    # Declared sizes against the tensors, before anything of those sizes is built.
+
+def _sizes_held(reader, tensors, path, hidden_dim):
+    """`(vocabulary_size, num_layers)`, each declared size checked against the tensors the file holds."""
     embedding = tensors.get("token_embd.weight")
     if embedding is None:
         raise ValueError(f"{path}: tensors missing for a llama model: ['token_embd.weight'] (the token embedding).")
@@ -536,7 +542,15 @@ def _backbone_config(reader, tensors, path):
             f"{path}: llama.block_count is {num_layers} but the file holds tensors (blk.N.*) for {len(blocks)} "
             f"blocks (numbers {shown}); they must agree. {_fix(path, 'llama.block_count')}"
         )
+    return vocabulary_size, num_layers
 
+
+def _backbone_config(reader, tensors, path):
+    """The `Llama3Backbone` arguments, every declared size checked against the tensors present."""
+    _check_supported_llama(reader, tensors, path)
+    hidden_dim, num_heads, num_kv_heads = _attention_shape(reader, path)
+    # Declared sizes against the tensors, before anything of those sizes is built.
+    vocabulary_size, num_layers = _sizes_held(reader, tensors, path, hidden_dim)
     config = {
         "vocabulary_size": vocabulary_size,
         "num_layers": num_layers,
