@@ -49,7 +49,7 @@ from keras_kd.cache.schema import (
 )
 from keras_kd.cache.shards import DirectoryLock, is_temp_file, part_name, read_manifest, unwritable_error
 from keras_kd.cache.store import ShardStore
-from keras_kd.data.arrays import batch_count, batch_size_of, dataset_batches, is_in_memory, unpack_batch
+from keras_kd.data.arrays import batch_count, batch_size_of, dataset_batches, is_in_memory, rows, unpack_batch
 from keras_kd.data.batch_keys import student_view, teacher_view
 from keras_kd.features import layer_paths
 from keras_kd.features.capture import capture, captured_output
@@ -183,7 +183,7 @@ def _write_batches(store, forward, metadata, batches, progress):
                 if store.complete:
                     raise _more_data_than_stored(store, position + done)
                 if done:  # the first `done` examples of this batch were stored before the interruption
-                    x, y, sample_weight = (None if p is None else _slice(p, done) for p in (x, y, sample_weight))
+                    x, y, sample_weight = (None if p is None else rows(p, done) for p in (x, y, sample_weight))
                 arrays = _dispatch_batch(predictor, forward, metadata, (x, y, sample_weight), position + done)
                 size = 2 * sum(np.asarray(leaf).nbytes for leaf in keras.tree.flatten(x))  # inputs, and stored
                 writer.submit(functools.partial(_append, store, arrays, x), size)
@@ -402,7 +402,7 @@ def _single_output(value, what):
 
 def _vocabulary_size(teacher, x):
     """The size of the last axis of the teacher's output, from one example."""
-    logits = _single_output(teacher(_slice(x, 0, 1), training=False), f"The teacher {teacher.name!r}'s output")
+    logits = _single_output(teacher(rows(x, 0, 1), training=False), f"The teacher {teacher.name!r}'s output")
     return int(logits.shape[-1])
 
 
@@ -498,8 +498,8 @@ def _first_differing_row(stored, given):
     same = stored == given
     if stored.dtype.kind == "f" and given.dtype.kind == "f":
         same |= np.isnan(stored) & np.isnan(given)
-    rows = np.flatnonzero(~same.reshape(len(same), -1).all(axis=1))
-    return int(rows[0]) if rows.size else None
+    differing = np.flatnonzero(~same.reshape(len(same), -1).all(axis=1))
+    return int(differing[0]) if differing.size else None
 
 
 def _short(value, limit=60):
@@ -683,12 +683,8 @@ def _array_batches(data, batch_size):
     total = batch_size_of(x)
     for start in range(0, total, batch_size):
         stop = min(start + batch_size, total)
-        yield tuple(None if part is None else _slice(part, start, stop) for part in (x, y, sample_weight))
-
-
-def _slice(structure, start, stop=None):
-    return keras.tree.map_structure(lambda a: a[start:stop], structure)
+        yield tuple(None if part is None else rows(part, start, stop) for part in (x, y, sample_weight))
 
 
 def _first_rows(structure, stop):
-    return None if structure is None else _slice(structure, 0, stop)
+    return None if structure is None else rows(structure, 0, stop)

@@ -45,6 +45,16 @@ def unpack_batch(batch, what="A batch"):
     return batch, None, None
 
 
+def rows(structure, start, stop=None):
+    """Rows `start:stop` of every array of `structure` (views for NumPy arrays).
+
+    >>> import numpy as np
+    >>> rows({"a": np.arange(5)}, 1, 3)["a"].tolist()
+    [1, 2]
+    """
+    return keras.tree.map_structure(lambda array: array[start:stop], structure)
+
+
 def first_rows(x, y, sample_weight, count):
     """The batch `(x, y, sample_weight)` of the first `count` rows of in-memory data, as `fit` would batch it.
 
@@ -61,13 +71,13 @@ def first_rows(x, y, sample_weight, count):
     parts = tuple(part for part in (x, y, sample_weight) if part is not None)
     if not parts or not all(is_in_memory(part) for part in parts):
         return None
-    return keras.tree.map_structure(lambda array: array[:count], parts)
+    return rows(parts, 0, count)
 
 
 def array_refs(data):
     """Weak references to the arrays of in-memory `data`, for `same_arrays`; None when one cannot be referenced."""
     try:
-        return [weakref.ref(leaf) for leaf in keras.tree.flatten(data) if leaf is not None]
+        return [weakref.ref(leaf) for leaf in _array_leaves(data)]
     except TypeError:
         return None
 
@@ -83,8 +93,12 @@ def same_arrays(refs, data):
     """
     if refs is None:
         return False
-    leaves = [leaf for leaf in keras.tree.flatten(data) if leaf is not None]
+    leaves = _array_leaves(data)
     return len(leaves) == len(refs) and all(ref() is leaf for ref, leaf in zip(refs, leaves))
+
+
+def _array_leaves(data):
+    return [leaf for leaf in keras.tree.flatten(data) if leaf is not None]
 
 
 def batch_size_of(x):
