@@ -15,12 +15,15 @@ from keras import ops
 from keras_kd import soft_loss as soft_losses
 from keras_kd import validation
 from keras_kd.callbacks import SoftLossWarmup
+from keras_kd.chunked_terms import ChunkedTerms
 from keras_kd.data import text
 from keras_kd.data.arrays import array_refs, first_rows, is_in_memory, same_arrays
 from keras_kd.data.batch_keys import is_cached, student_view, teacher_view
+from keras_kd.heads import chunking_split
 from keras_kd.metrics import TermMeans
 from keras_kd.objective import Objective
 from keras_kd.teachers import deserialize_teacher, serialize_model, teacher_source
+from keras_kd.token_logits import TokenLogits, check_chunk_size
 from keras_kd.trainers import DistillationSteps
 
 
@@ -163,6 +166,7 @@ class Distiller(DistillationSteps, keras.Model):
         soft_loss="kl",
         name="distiller",
         teacher_weights=None,
+        chunk_size="auto",
         **kwargs,
     ):
         _check_model_kwargs(kwargs)
@@ -185,6 +189,8 @@ class Distiller(DistillationSteps, keras.Model):
         self.pairs = self._bound_pairs.pairs
         self.soft_loss = soft_loss
         self._soft_term = self._source.check_soft_loss(soft_losses.resolve(soft_loss, temperature))
+        self.chunk_size = check_chunk_size(chunk_size)
+        self._student_split = chunking_split(self.chunk_size, self._source, student)
         self._variables = self._create_variables(temperature, alpha)
         self._objective = Objective(
             self._source,
@@ -195,6 +201,11 @@ class Distiller(DistillationSteps, keras.Model):
             compiled_loss=lambda: self._compile_loss,
             replicas=self._replicas,
         )
+        if self._student_split is not None:
+            head_variables = self._student_split.head.trainable_variables
+            self._objective.chunked_terms = ChunkedTerms(
+                self._objective, self, lambda: self._without_teachers(head_variables)
+            )
         # The logged loss and its parts in one metric, updated once per batch (Keras's own "loss" Mean is not used).
         self.term_means = TermMeans(["loss", "hard_loss", "soft_loss", *self._bound_pairs.log_names], name="loss")
         self._text_pipeline = self._source.text_pipeline(student)
@@ -582,7 +593,10 @@ class Distiller(DistillationSteps, keras.Model):
     def _student_forward(self, x, training):
         """The student's logits and, per pair, its paired layers' outputs: one forward pass."""
         with self._bound_pairs.capture("student") as captured:
-            logits = self.student(student_view(x), training=training)
+            if self._student_split is None:
+                logits = self.student(student_view(x), training=training)
+            else:
+                logits = self._student_split.forward(student_view(x), training, self.chunk_size)
         return logits, self._bound_pairs.features(captured, "student")
 
     def _update_metrics(self, loss, terms, x, y, student_logits, sample_weight):
@@ -594,7 +608,38 @@ class Distiller(DistillationSteps, keras.Model):
             logs = self.term_means.result()
             del logs["hard_loss"]
             return logs
+        if student_logits is None:  # chunked logits, whose metrics `_metrics_before_update` updated
+            return self.get_metrics_result()
+        if isinstance(student_logits, TokenLogits):
+            return self._update_metrics_by_chunk(x, y, student_logits, sample_weight)
         return self.compute_metrics(x, y, student_logits, sample_weight)
+
+    def _metrics_before_update(self, x, y, student_logits, sample_weight):
+        """Where a step updates the weights before its metrics: chunked logits' metrics now (their head runs
+        again, and must see the weights the loss saw); returns what `_update_metrics` is to be given."""
+        if not isinstance(student_logits, TokenLogits) or y is None:
+            return student_logits
+        self._update_metrics_by_chunk(x, y, student_logits, sample_weight)
+        return None
+
+    def _update_metrics_by_chunk(self, x, y, student_logits, sample_weight):
+        """The compiled metrics of chunked logits, updated chunk by chunk (each chunk's logits computed once more).
+
+        Each position of a chunk is passed as an example of its own: Keras's mean metrics average an
+        example's positions before averaging examples, which, every example having the same positions,
+        is the mean over all positions, and so the sum of the chunks' updates.
+        """
+        if self._compile_metrics is None:
+            return self.get_metrics_result()
+        positions, chunk = student_logits.positions, student_logits.chunk_positions
+        if sample_weight is not None and len(sample_weight.shape) == 1:
+            sample_weight = ops.broadcast_to(ops.expand_dims(sample_weight, -1), ops.shape(y)[:2])
+        for start in range(0, positions, chunk):
+            stop = min(start + chunk, positions)
+            logits = ops.stop_gradient(student_logits.logits(student_logits.chunk(start, stop)))
+            weight = None if sample_weight is None else _one_per_row(sample_weight[:, start:stop])
+            self.compute_metrics(x, _one_per_row(y[:, start:stop]), _one_per_row(logits), weight)
+        return self.get_metrics_result()
 
     def _enable_hint_warmup_masks(self):
         """Prepares the gradient masks of the hint warm-up; called by `keras_kd.callbacks.HintWarmup`.
@@ -624,6 +669,7 @@ class Distiller(DistillationSteps, keras.Model):
             "pairs": [keras.saving.serialize_keras_object(pair) for pair in self.pairs],
             "soft_loss": soft_losses.serialize(self.soft_loss),
             "teacher_weights": self.teacher_weights,
+            "chunk_size": self.chunk_size,
         }
         # A student sharing a teacher's KerasHub preprocessor (keras_kd.hub.student_from_teacher) must share it again
         # when loaded: Keras saves the shared object's assets (the vocabulary) once, and its nested configs lose the
@@ -696,6 +742,11 @@ def _warn_label_free(alpha, has_compiled_loss, x=None):
         UserWarning,
         stacklevel=2,
     )
+
+
+def _one_per_row(values):
+    """`(batch, positions, ...)` -> `(batch * positions, 1, ...)`: each position an example."""
+    return ops.reshape(values, (-1, 1, *values.shape[2:]))
 
 
 def _ignore_class(loss):

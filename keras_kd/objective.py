@@ -28,6 +28,7 @@ from keras_kd.data.batch_keys import student_padding_mask
 from keras_kd.features.pairs import Hint
 from keras_kd.losses._common import weighted_mean
 from keras_kd.losses.logits import two_class_logits
+from keras_kd.token_logits import TokenLogits
 
 
 class Objective:
@@ -54,22 +55,18 @@ class Objective:
         self.compiled_loss = compiled_loss
         self.replicas = replicas
         self.warmup_variable_ids = None  # set by the hint warm-up (see `Distiller`)
+        self.chunked_terms = None  # a `keras_kd.chunked_terms.ChunkedTerms` where the distiller chunks
 
     def __call__(self, x, y, sample_weight, teacher_outputs, student_outputs):
         """`(loss, terms)` of one batch; `terms` holds the logged parts (`hard_loss`, `soft_loss`, pairs)."""
         v = self.variables
         (teacher_logits, teacher_features), (student_logits, student_features) = teacher_outputs, student_outputs
-        # Binary heads (one logit): the soft loss compares Bernoulli distributions, as softmaxes of [0, z].
-        teacher_logits, soft_logits = _two_classes_if_binary(teacher_logits, student_logits)
-        teacher_logits = self.source.targets(teacher_logits, v.temperature)
-        validation.check_output_shapes(_logits_shape(teacher_logits, soft_logits), soft_logits.shape)
-        soft = self._soft(teacher_logits, soft_logits, sample_weight, y)
-        terms = {"soft_loss": soft}
-        if y is None:
-            loss = soft
+        if isinstance(student_logits, TokenLogits):
+            self._check_labels_available(y)
+            loss, soft, hard = self.chunked_terms(teacher_logits, student_logits, y, sample_weight)
+            terms = {"soft_loss": soft} if hard is None else {"soft_loss": soft, "hard_loss": hard}
         else:
-            terms["hard_loss"] = self._hard(y, student_logits, sample_weight)
-            loss = v.alpha * terms["hard_loss"] + (1.0 - v.alpha) * soft
+            loss, terms = self._dense_terms(teacher_logits, student_logits, y, sample_weight)
         pair_terms = self._pair_terms(x, sample_weight, teacher_features, student_features)
         terms.update(pair_terms)
         for value in pair_terms.values():
@@ -82,6 +79,38 @@ class Objective:
             hints = [value for pair, value in zip(self.pairs.pairs, pair_terms.values()) if isinstance(pair, Hint)]
             loss = v.hint_warmup * sum(hints) + (1.0 - v.hint_warmup) * loss
         return loss, terms
+
+    def _dense_terms(self, teacher_logits, student_logits, y, sample_weight):
+        v = self.variables
+        if isinstance(teacher_logits, TokenLogits):  # a teacher split at its head, a student that is not
+            teacher_logits = teacher_logits.dense()
+        # Binary heads (one logit): the soft loss compares Bernoulli distributions, as softmaxes of [0, z].
+        teacher_logits, soft_logits = _two_classes_if_binary(teacher_logits, student_logits)
+        teacher_logits = self.source.targets(teacher_logits, v.temperature)
+        validation.check_output_shapes(_logits_shape(teacher_logits, soft_logits), soft_logits.shape)
+        soft = self._soft(teacher_logits, soft_logits, sample_weight, y)
+        terms = {"soft_loss": soft}
+        if y is None:
+            return soft, terms
+        terms["hard_loss"] = self._hard(y, student_logits, sample_weight)
+        return v.alpha * terms["hard_loss"] + (1.0 - v.alpha) * soft, terms
+
+    def hard_numerator(self, y, logits, weight, count):
+        """One chunk's part of the hard term's numerator: `sum_p w_p * CE_p` (see `keras_kd.chunked_terms`).
+
+        A compiled loss gives a mean over the chunk (Keras's `"sum_over_batch_size"`), which counts `count` times.
+        """
+        compiled = self.compiled_loss()
+        if compiled is not None:
+            return ops.cast(compiled(y, logits, weight), "float32") * self.replicas() * count
+        logits = ops.cast(logits, "float32")
+        if validation.label_kind(y.shape, logits.shape) == "sparse":
+            if len(y.shape) == len(logits.shape):
+                y = ops.squeeze(y, axis=-1)
+            values = keras.losses.sparse_categorical_crossentropy(y, logits, from_logits=True)
+        else:
+            values = keras.losses.categorical_crossentropy(ops.cast(y, "float32"), logits, from_logits=True)
+        return ops.sum(values if weight is None else values * weight)
 
     def loss_for_gradients(self, loss, optimizer):
         """What a step differentiates: the loss over the replica count, scaled by the optimizer (float16)."""
@@ -115,7 +144,7 @@ class Objective:
 
     # The terms.
 
-    def _soft(self, teacher_logits, student_logits, sample_weight, y):
+    def _check_labels_available(self, y):
         term = self.soft_term
         if term.needs_labels and y is None:
             raise ValueError(
@@ -123,6 +152,10 @@ class Objective:
                 "true class), but this batch has none. Pass labels (fit(x, y), or a dataset yielding (x, y)), or use "
                 "another soft_loss ('kl', 'reverse_kl', GeneralizedJSD) for unlabelled data."
             )
+
+    def _soft(self, teacher_logits, student_logits, sample_weight, y):
+        term = self.soft_term
+        self._check_labels_available(y)
         soft = ops.cast(term(teacher_logits, student_logits, self.variables.temperature, sample_weight, y), "float32")
         if len(soft.shape):
             raise ValueError(

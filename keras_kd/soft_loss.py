@@ -13,6 +13,7 @@ import inspect
 import warnings
 
 import keras
+from keras import ops
 
 from keras_kd import losses
 from keras_kd.losses._common import REDUCTIONS, weighted_mean
@@ -23,11 +24,14 @@ BUILT_IN = {"kl": losses.soft_target_kl, "reverse_kl": losses.reverse_kl}
 class SoftTerm:
     """A resolved soft loss: `term(t, s, temperature, sample_weight, labels)` and what the distiller reads."""
 
-    def __init__(self, spec, function, needs_labels=False, warmup_epochs=0):
+    def __init__(self, spec, function, needs_labels=False, warmup_epochs=0, per_position=None, reduction=None):
         self.spec = spec
         self.function = function
         self.needs_labels = needs_labels
         self.warmup_epochs = warmup_epochs
+        # `(t, s, temperature, labels) -> (batch, positions)` values and their reduction; None for a callable.
+        self.per_position = per_position
+        self.reduction = reduction or "sum_over_batch_size"
 
     def __call__(self, teacher_logits, student_logits, temperature, sample_weight, labels=None):
         return self.function(teacher_logits, student_logits, temperature, sample_weight, labels)
@@ -38,9 +42,28 @@ class SoftTerm:
             return float(self.spec.warmup_weight(epoch))
         return 1.0
 
-    def replaced(self, function):
+    def replaced(self, function, per_position=None):
         """The same soft loss computed by `function` (a source that stores the teacher differently)."""
-        return SoftTerm(self.spec, function, self.needs_labels, self.warmup_epochs)
+        return SoftTerm(self.spec, function, self.needs_labels, self.warmup_epochs, per_position, self.reduction)
+
+    def chunk_numerator(self, teacher_logits, student_logits, temperature, weight, labels, count):
+        """This chunk's part of the numerator of the term (see `keras_kd.chunked_terms`).
+
+        `weight` is the chunk's `(batch, positions)` float32 weights (None without `sample_weight`) and
+        `count` its number of positions. A callable's value (a mean) counts `count` times.
+        """
+        if self.per_position is None:
+            return ops.cast(self(teacher_logits, student_logits, temperature, weight, labels), "float32") * count
+        values = ops.cast(self.per_position(teacher_logits, student_logits, temperature, labels), "float32")
+        return ops.sum(values if weight is None else values * weight)
+
+    def denominator(self, weight, count):
+        """What the numerators' sum is divided by: the positions, or the weights' sum (`mean_with_sample_weight`)."""
+        if weight is not None and self.per_position is not None and self.reduction == "mean_with_sample_weight":
+            # All weights 0: the sum of the numerators is 0 too, and the term 0 (as `divide_no_nan` gives).
+            total = ops.sum(weight)
+            return ops.where(ops.equal(total, 0.0), ops.ones_like(total), total)
+        return count
 
     def describe(self):
         """A short name for messages: `'kl'`, `DKD(alpha=1.0, beta=8.0)`, a function's name."""
@@ -61,8 +84,12 @@ def resolve(spec, temperature):
                 "object from keras_kd.losses (e.g. GeneralizedJSD(beta=0.5) or DKD()) or a callable "
                 "(teacher_logits, student_logits, temperature, sample_weight) -> scalar."
             )
-        per_position = BUILT_IN[spec]
-        return SoftTerm(spec, lambda t, s, temp, weight, labels=None: weighted_mean(per_position(t, s, temp), weight))
+        function = BUILT_IN[spec]
+        return SoftTerm(
+            spec,
+            lambda t, s, temp, weight, labels=None: weighted_mean(function(t, s, temp), weight),
+            per_position=lambda t, s, temp, labels=None: function(t, s, temp),
+        )
     if isinstance(spec, losses.SoftLoss):
         return _resolve_loss_object(spec, temperature)
     if isinstance(spec, keras.losses.Loss):
@@ -98,15 +125,25 @@ def _resolve_loss_object(spec, temperature):
     reduction = spec.reduction if spec.reduction in REDUCTIONS else "sum_over_batch_size"
     if spec.needs_labels:
 
-        def term(t, s, temp, weight, labels):
-            return weighted_mean(spec.per_position(t, s, temp, labels=labels), weight, reduction)
+        def per_position(t, s, temp, labels):
+            return spec.per_position(t, s, temp, labels=labels)
 
     else:
 
-        def term(t, s, temp, weight, labels=None):
-            return weighted_mean(spec.per_position(t, s, temp), weight, reduction)
+        def per_position(t, s, temp, labels=None):
+            return spec.per_position(t, s, temp)
 
-    return SoftTerm(spec, term, needs_labels=spec.needs_labels, warmup_epochs=int(spec.warmup_epochs or 0))
+    def term(t, s, temp, weight, labels=None):
+        return weighted_mean(per_position(t, s, temp, labels), weight, reduction)
+
+    return SoftTerm(
+        spec,
+        term,
+        needs_labels=spec.needs_labels,
+        warmup_epochs=int(spec.warmup_epochs or 0),
+        per_position=per_position,
+        reduction=reduction,
+    )
 
 
 def serialize(spec):

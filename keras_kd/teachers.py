@@ -24,9 +24,11 @@ from keras_kd import validation
 from keras_kd.data import text
 from keras_kd.data.batch_keys import cached_teacher_outputs, is_cached, teacher_view
 from keras_kd.features.binding import BoundPairs
+from keras_kd.heads import SplitModel
 from keras_kd.losses._common import weighted_mean
 from keras_kd.losses.logits import mixture_logits
 from keras_kd.losses.top_k import top_k_soft_target_kl
+from keras_kd.token_logits import TokenLogits
 
 FIRST_BATCH = "the first batch of training"
 
@@ -57,6 +59,13 @@ class TeacherSource:
 
     def forward(self, x, pairs):
         raise NotImplementedError
+
+    def split_heads(self, chunk_size):
+        """Splits the teacher models at their output heads, to compute their logits `chunk_size` positions at a time.
+
+        Raises (naming the model) when a model's head cannot be found; a cache has nothing to split.
+        """
+        self.chunk_size = chunk_size
 
     def targets(self, logits, temperature):
         """The logits of the soft targets: with several teachers, their mixture at `temperature`."""
@@ -128,10 +137,19 @@ class ModelTeacher(TeacherSource):
         validation.check_finite_teacher_outputs(who, outputs, inputs, FIRST_BATCH)
         return [(who, outputs)]
 
+    split = None  # a `SplitModel` when the distiller chunks
+
+    def split_heads(self, chunk_size):
+        super().split_heads(chunk_size)
+        self.split = SplitModel(self.model, "teacher")
+
     def forward(self, x, pairs):
         _refuse_cached_batch(x)
         with pairs.capture("teacher") as captured:
-            logits = self.model(teacher_view(x), training=False)
+            if self.split is None:
+                logits = self.model(teacher_view(x), training=False)
+            else:
+                logits = self.split.forward(teacher_view(x), False, self.chunk_size)
         return logits, pairs.features(captured, "teacher")
 
     def config(self):
@@ -177,10 +195,25 @@ class EnsembleTeacher(TeacherSource):
             outputs.append((label, logits))
         return outputs
 
+    splits = None  # one `SplitModel` per teacher when the distiller chunks
+
+    def split_heads(self, chunk_size):
+        super().split_heads(chunk_size)
+        self.splits = [SplitModel(model, f"teacher[{index}]") for index, model in enumerate(self.models)]
+
     def forward(self, x, pairs):
         _refuse_cached_batch(x)
-        # Stacked on axis 1 and mixed by `targets`, with the step's temperature.
-        return stacked_logits(self.models, teacher_view(x)), []
+        if self.splits is None:
+            # Stacked on axis 1 and mixed by `targets`, with the step's temperature.
+            return stacked_logits(self.models, teacher_view(x)), []
+        hidden = tuple(split.body(teacher_view(x), training=False) for split in self.splits)
+        chunk = self.splits[0].chunk_positions(hidden[0], self.chunk_size)
+        logits = TokenLogits(hidden, self._stacked_heads, chunk)
+        return (logits.dense() if chunk is None else logits), []
+
+    def _stacked_heads(self, hidden):
+        logits = [ops.cast(split.head(h, training=False), "float32") for split, h in zip(self.splits, hidden)]
+        return ops.stack(logits, axis=1)
 
     def config(self):
         return [serialize_model(model) for model in self.models]
@@ -235,7 +268,10 @@ class CachedTeacher(TeacherSource):
         return soft_term.replaced(
             lambda teacher_top_k, student_logits, temperature, weight, labels=None: weighted_mean(
                 top_k_soft_target_kl(teacher_top_k, student_logits, temperature), weight
-            )
+            ),
+            per_position=lambda teacher_top_k, student_logits, temperature, labels=None: top_k_soft_target_kl(
+                teacher_top_k, student_logits, temperature
+            ),
         )
 
     def check_first_batch(self, x):

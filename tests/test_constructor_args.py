@@ -243,6 +243,13 @@ DECISIONS = {
             )
         ],
         "student": EVERYWHERE,
+        "chunk_size": [
+            raises(
+                "an int, for models whose logits have no positions axis (classifiers)",
+                r"'student' outputs shape \(None, 3\); chunking splits the positions axis.*chunk_size=None",
+                lambda tmp_path: keras_kd.Distiller(teacher(), student(), chunk_size=8),
+            )
+        ],
         "temperature": [
             raises(
                 "a soft_loss object whose own temperature differs",
@@ -390,6 +397,13 @@ DECISIONS = {
         "teacher": EVERYWHERE,
         "data": EVERYWHERE,
         "directory": EVERYWHERE,
+        "chunk_size": [
+            raises(
+                "an int, for a cache of dense logits (top_k=None)",
+                r"chunk_size=4 computes a top-k cache's logits .* top_k=None stores the dense logits",
+                lambda tmp_path: cache_of(tmp_path, chunk_size=4),
+            )
+        ],
         "top_k": [
             raises(
                 "several teachers",
@@ -599,6 +613,7 @@ DECISIONS = {
         "callbacks": EVERYWHERE,
         "verbose": EVERYWHERE,
         # **distiller_kwargs: every stage's Distiller; the Distiller's decisions apply per stage.
+        "chunk_size": EVERYWHERE,
         "temperature": EVERYWHERE,
         "alpha": EVERYWHERE,
         "soft_loss": EVERYWHERE,

@@ -32,6 +32,7 @@ import time
 
 import keras
 import numpy as np
+from keras import ops
 
 from keras_kd import validation as checks
 from keras_kd.cache.fingerprints import example_fingerprints, teacher_fingerprint, to_numpy
@@ -54,21 +55,36 @@ from keras_kd.data.batch_keys import student_view, teacher_view
 from keras_kd.features import layer_paths
 from keras_kd.features.capture import capture, captured_output
 from keras_kd.features.pairs import LayerPair
+from keras_kd.heads import SplitModel
 from keras_kd.losses.top_k import check_top_k, top_k_logits
 from keras_kd.teachers import stacked_logits
+from keras_kd.token_logits import check_chunk_size
 from keras_kd.trainers import BatchPredictor
 
 # ----------------------------------------------------------------------------- the build, step by step
 
 
 def build_cache(
-    teacher, data, directory, *, top_k, pairs, dtype, batch_size, examples_per_shard, verbose, part, wait_timeout
+    teacher,
+    data,
+    directory,
+    *,
+    top_k,
+    pairs,
+    dtype,
+    batch_size,
+    examples_per_shard,
+    verbose,
+    part,
+    wait_timeout,
+    chunk_size="auto",
 ):
     """Runs `TeacherCache.build` (its docstring documents the arguments, and holds their defaults).
 
     Returns the directory of the complete cache.
     """
     teachers, dtype, pair_paths, layers = _check_arguments(teacher, dtype, top_k, pairs, part, wait_timeout)
+    chunk_size = _check_chunk_size(chunk_size, top_k)
     batches = numpy_batches(data, batch_size)
     first = next(batches, None)
     if first is None:
@@ -82,7 +98,7 @@ def build_cache(
     try:
         store = _open_store(directory, metadata, part, examples_per_shard)
         try:
-            forward = _TeacherForward(teachers, pair_paths, layers, top_k)
+            forward = _TeacherForward(teachers, pair_paths, layers, top_k, chunk_size)
             _write_batches(store, forward, metadata, itertools.chain([first], batches), progress)
             store.finish()
         finally:
@@ -112,6 +128,16 @@ def _check_arguments(teacher, dtype, top_k, pairs, part, wait_timeout):
         _check_multi_teacher_options(len(teachers), top_k, pair_paths)
     layers = [[layer_paths.resolve(teachers[0], path, "teacher") for path in paths] for paths in pair_paths]
     return teachers, dtype, pair_paths, layers
+
+
+def _check_chunk_size(chunk_size, top_k):
+    chunk_size = check_chunk_size(chunk_size)
+    if top_k is None and chunk_size not in (None, "auto"):
+        raise ValueError(
+            f"chunk_size={chunk_size} computes a top-k cache's logits a chunk of positions at a time, but top_k=None "
+            "stores the dense logits, which are whole anyway. Pass top_k=K, or drop chunk_size."
+        )
+    return chunk_size
 
 
 def _metadata(teachers, dtype, pair_paths, top_k, first):
@@ -339,12 +365,16 @@ class _TeacherForward(keras.Model):
     each run once and their logits are stacked on axis 1: `(batch, teachers, ..., classes)`.
     """
 
-    def __init__(self, teachers, pair_paths, layers, top_k=None):
+    def __init__(self, teachers, pair_paths, layers, top_k=None, chunk_size=None):
         super().__init__(name=f"{teachers[0].name}_cache_forward")
         self.teachers = list(teachers)
         self.top_k = top_k
+        self.chunk_size = chunk_size
+        # Top-k of a language model: its body runs once, its head a chunk of positions at a time (see `_top_k`).
+        self._split = _language_model_split(teachers[0]) if top_k is not None and chunk_size is not None else None
+        run = teachers[0] if self._split is None else self._split.body
         # A plain function, so that Keras does not track the teacher's inner layers a second time.
-        self._run_teacher = lambda x: _forward_with_features(teachers[0], pair_paths, layers, x)
+        self._run_teacher = lambda x: _forward_with_features(run, pair_paths, layers, x)
         # One teacher's logits alone are what its own `predict_on_batch` computes: its compiled predict
         # step (shared with the user's `teacher.predict`) serves every build, instead of a compilation
         # per build on JAX.
@@ -366,12 +396,39 @@ class _TeacherForward(keras.Model):
         teachers = self.teachers
         if len(teachers) > 1:
             return stacked_logits(teachers, x, _checked_teacher_output), []
-        logits, features = self._run_teacher(x)
-        logits = _checked_teacher_output(logits, teachers[0])
+        outputs, features = self._run_teacher(x)
+        outputs = _checked_teacher_output(outputs, teachers[0])
         if self.top_k is not None:
             # On the teacher's device: only K values per position leave it.
-            logits = top_k_logits(logits, self.top_k)
-        return logits, features
+            outputs = self._top_k(outputs)
+        return outputs, features
+
+    def _top_k(self, outputs):
+        """`top_k_logits` of the teacher's logits; from its final hidden states (`outputs`), chunk by chunk, if split.
+
+        A chunk's logits are reduced to their top k before the next chunk's are computed, so that the
+        teacher's full `(batch, positions, vocabulary)` logits never exist at once.
+        """
+        split = self._split
+        if split is None:
+            return top_k_logits(outputs, self.top_k)
+        chunk = split.chunk_positions(outputs, self.chunk_size)
+        if chunk is None:
+            return top_k_logits(split.head(outputs, training=False), self.top_k)
+        positions = outputs.shape[1]
+        parts = [
+            top_k_logits(split.head(outputs[:, start : start + chunk], training=False), self.top_k)
+            for start in range(0, positions, chunk)
+        ]
+        return tuple(ops.concatenate([part[i] for part in parts], axis=1) for i in range(3))
+
+
+def _language_model_split(teacher):
+    """`teacher` split at its output head when its logits are `(batch, positions, vocabulary)`; else None."""
+    try:
+        return SplitModel(teacher, "teacher")
+    except ValueError:
+        return None
 
 
 def _forward_with_features(teacher, pair_paths, layers, x):

@@ -168,6 +168,7 @@ class TeacherCache:
         verbose=1,
         part=None,
         wait_timeout=None,
+        chunk_size="auto",
     ):
         """Runs `teacher` once over `data` and stores its outputs in `directory`; returns the opened cache.
 
@@ -198,6 +199,11 @@ class TeacherCache:
             part: `(index, count)` for a distributed build (below); `None` for one process.
             wait_timeout: how long a distributed build's processes wait for each other, in seconds
                 (`None`: 3600); only with `part`.
+            chunk_size: with `top_k`, how a language model's logits are reduced to their top k: `"auto"`
+                (default) runs its output head on chunks of about 64 MiB of logits where its
+                `(batch, positions, vocabulary)` logits are larger (see `Distiller`'s `chunk_size`),
+                an int that many positions at a time, `None` on the whole batch at once. The stored
+                values are the same.
 
         Distributed builds: each of `count` processes (JAX's `jax.process_index()` of
         `jax.process_count()`, a TensorFlow worker's task index, ...) calls `build` with
@@ -231,6 +237,7 @@ class TeacherCache:
             verbose=verbose,
             part=part,
             wait_timeout=wait_timeout,
+            chunk_size=chunk_size,
         )
         return cls(directory)
 

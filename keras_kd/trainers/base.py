@@ -28,6 +28,15 @@ and these hooks, which `Distiller`'s entry points call:
 - `_restoring_variables()`: a context manager around Keras's entry point, after which, should it
   raise, every variable holds a value again (JAX: Keras moves the values into its training state
   and leaves the variables empty when a step raises; a no-op elsewhere).
+
+Chunked token-level terms (`Distiller(chunk_size=...)`, `keras_kd.chunked_terms`) also use:
+
+- `_chunk_gradients`: `"fused"` (each chunk's gradient computed in the forward pass) or `"remat"`
+  (each chunk rematerialized in the backward pass), chosen per backend by `benchmarks/lm_memory.py`;
+- `_value_and_gradients(function, hidden, variables)`: for `function(hidden) -> (value, aux)`, returns
+  `(value, aux, d value / d hidden, [d value / d v for v in variables])`, computed on the spot and
+  outside the step's own gradient computation;
+- `_frozen()`: a context in which frozen computations (a teacher's head) record nothing for gradients.
 """
 
 import contextlib
@@ -75,6 +84,14 @@ class StepContract:
         return x, shuffle
 
     def _restoring_variables(self):
+        return contextlib.nullcontext()
+
+    _chunk_gradients = "fused"
+
+    def _value_and_gradients(self, function, hidden, variables):
+        raise NotImplementedError
+
+    def _frozen(self):
         return contextlib.nullcontext()
 
     def _symbolic_build(self, iterator=None, data_batch=None):

@@ -26,6 +26,7 @@ import keras
 from keras import StatelessScope
 from keras.utils import unpack_x_y_sample_weight
 
+from keras_kd.token_logits import TokenLogits
 from keras_kd.trainers.base import BatchPredictor as _BatchPredictor
 from keras_kd.trainers.base import StepContract
 
@@ -124,9 +125,34 @@ class _TakenValues:
         model._jax_state_synced = True
 
 
+def _token_logits_children(logits):
+    return (logits.parts,), (logits.head, logits.chunk_positions, logits.training)
+
+
+# The student's `TokenLogits` leave the gradient computation as auxiliary outputs, which JAX takes as pytrees.
+jax.tree_util.register_pytree_node(
+    TokenLogits, _token_logits_children, lambda static, children: TokenLogits(children[0], *static)
+)
+
+
 class DistillationSteps(StepContract):
     def _check_entry(self, method):
         check_distribution_placement(self, method)
+
+    def _value_and_gradients(self, function, hidden, variables):
+        # The step's own scope maps every variable to its value in the step; here the head's variables map
+        # to the arguments being differentiated, outside the step's gradient (stop_gradient).
+        step_values = [(v, v.value) for v in self.trainable_variables + self.non_trainable_variables]
+        values = [jax.lax.stop_gradient(v.value) for v in variables]
+
+        def chunk(hidden, values):
+            with StatelessScope(state_mapping=step_values + list(zip(variables, values))):
+                return function(hidden)
+
+        (value, aux), (hidden_gradient, gradients) = jax.value_and_grad(chunk, argnums=(0, 1), has_aux=True)(
+            jax.lax.stop_gradient(hidden), values
+        )
+        return value, aux, hidden_gradient, gradients
 
     @contextlib.contextmanager
     def _restoring_variables(self):
@@ -182,8 +208,11 @@ class DistillationSteps(StepContract):
             scaled_loss = self._objective.loss_for_gradients(loss, self.optimizer)
         return scaled_loss, (loss, aux)
 
-    def _metrics_update(self, metrics_values, loss, terms, x, y, student_logits, sample_weight):
-        mapping = list(zip(self.metrics_variables, metrics_values))
+    def _metrics_update(self, metrics_values, loss, terms, x, y, student_logits, sample_weight, model_values):
+        # The model's variables too: chunked logits (`TokenLogits`) run the student's head for the metrics.
+        mapping = list(zip(self.trainable_variables, model_values[0]))
+        mapping += zip(self.non_trainable_variables, model_values[1])
+        mapping += zip(self.metrics_variables, metrics_values)
         with StatelessScope(state_mapping=mapping) as scope:
             logs = self._update_metrics(loss, terms, x, y, student_logits, sample_weight)
         return logs, _current_values(scope, self.metrics_variables, metrics_values)
@@ -203,11 +232,14 @@ class DistillationSteps(StepContract):
         )
         with self._model_scope(trainable_values, non_trainable_values):
             gradients = self._objective.mask_gradients(gradients, self.trainable_variables)
+        step_values = (trainable_values, non_trainable_values)
         trainable_values, optimizer_values = self.optimizer.stateless_apply(
             optimizer_values, gradients, trainable_values
         )
         loss = self._objective.logged_loss(loss, trainable_values)
-        logs, metrics_values = self._metrics_update(metrics_values, loss, terms, x, y, student_logits, sample_weight)
+        logs, metrics_values = self._metrics_update(
+            metrics_values, loss, terms, x, y, student_logits, sample_weight, step_values
+        )
         return logs, (trainable_values, non_trainable_values, optimizer_values, metrics_values)
 
     def test_step(self, state, data):
@@ -218,7 +250,9 @@ class DistillationSteps(StepContract):
         loss, (terms, student_logits, non_trainable_values) = self._student_loss(
             trainable_values, non_trainable_values, x, y, sample_weight, teacher_outputs, training=False
         )
-        logs, metrics_values = self._metrics_update(metrics_values, loss, terms, x, y, student_logits, sample_weight)
+        logs, metrics_values = self._metrics_update(
+            metrics_values, loss, terms, x, y, student_logits, sample_weight, (trainable_values, non_trainable_values)
+        )
         return logs, (trainable_values, non_trainable_values, metrics_values)
 
 

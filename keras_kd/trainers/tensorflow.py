@@ -38,6 +38,7 @@ import keras
 import tensorflow as tf
 from keras.utils import unpack_x_y_sample_weight
 
+from keras_kd.token_logits import map_tensors
 from keras_kd.trainers.base import StepContract, refuse_keras_distribution
 
 
@@ -59,16 +60,25 @@ class DistillationSteps(StepContract):
     def _replicas(self):
         return self.distribute_strategy.num_replicas_in_sync
 
+    def _value_and_gradients(self, function, hidden, variables):
+        hidden = tf.stop_gradient(hidden)
+        with tf.GradientTape() as tape:
+            tape.watch(hidden)
+            value, aux = function(hidden)
+        gradients = tape.gradient(value, [hidden, *variables])
+        return value, aux, gradients[0], gradients[1:]
+
     def train_step(self, data):
         """One training step: teacher outside the tape, student loss under `GradientTape`, update, metrics."""
         x, y, sample_weight = unpack_x_y_sample_weight(data)
-        teacher_outputs = tf.nest.map_structure(tf.stop_gradient, self._teacher_forward(x))
+        teacher_outputs = map_tensors(tf.stop_gradient, self._teacher_forward(x))
         with tf.GradientTape() as tape:
             student_logits, student_features = self._student_forward(x, training=True)
             loss, terms = self._objective(x, y, sample_weight, teacher_outputs, (student_logits, student_features))
             scaled_loss = self._objective.loss_for_gradients(loss, self.optimizer)
         variables = self.trainable_variables
         gradients = self._objective.mask_gradients(tape.gradient(scaled_loss, variables), variables)
+        student_logits = self._metrics_before_update(x, y, student_logits, sample_weight)
         self.optimizer.apply_gradients(zip(gradients, variables))
         loss = self._objective.logged_loss(loss, [v.value for v in variables])
         return self._update_metrics(loss, terms, x, y, student_logits, sample_weight)

@@ -7,6 +7,7 @@ support; a distribution set anyway would be ignored, so the entry points refuse 
 import torch
 from keras.utils import unpack_x_y_sample_weight
 
+from keras_kd.token_logits import map_tensors
 from keras_kd.trainers.base import StepContract, refuse_keras_distribution
 
 
@@ -15,6 +16,17 @@ class DistillationSteps(StepContract):
         refuse_keras_distribution(
             method, "torch", "Use the JAX or TensorFlow backend for multi-device distillation (docs/distribution.md)."
         )
+
+    def _frozen(self):
+        return torch.no_grad()
+
+    def _value_and_gradients(self, function, hidden, variables):
+        hidden = hidden.detach().requires_grad_(True)
+        with torch.enable_grad():
+            value, aux = function(hidden)
+            gradients = torch.autograd.grad(value, [hidden, *(v.value for v in variables)], allow_unused=True)
+        aux = tuple(a.detach() for a in aux)
+        return value.detach(), aux, gradients[0], list(gradients[1:])
 
     def train_step(self, data):
         """One training step: teacher under `no_grad`, student loss, `backward`, optimizer update, metrics."""
@@ -28,10 +40,11 @@ class DistillationSteps(StepContract):
         variables = self.trainable_variables
         gradients = self._objective.mask_gradients([v.value.grad for v in variables], variables)
         with torch.no_grad():
+            student_logits = self._metrics_before_update(x, y, student_logits, sample_weight)
             self.optimizer.apply(gradients, variables)
             loss = self._objective.logged_loss(loss.detach(), [v.value for v in variables])
         terms = {name: value.detach() for name, value in terms.items()}
-        return self._update_metrics(loss, terms, x, y, student_logits.detach(), sample_weight)
+        return self._update_metrics(loss, terms, x, y, map_tensors(torch.Tensor.detach, student_logits), sample_weight)
 
     def test_step(self, data):
         """One evaluation step, under `no_grad`: the distillation loss and metrics of `data`, no update."""

@@ -41,8 +41,6 @@ def pause():
     raise RuntimeError("interrupted_cache_build.py waited at its pause marker, but nothing killed it.")
 
 
-
-
 pause_in_shard(int(pause_shard), pause)
 cache = keras_kd.TeacherCache.build(
     teacher, batches(), directory, dtype="float32", examples_per_shard=EXAMPLES_PER_SHARD, verbose=0
