@@ -161,9 +161,37 @@ def report(results, backends):
     missing = [f"{s} [{b}]" for (s, b), r in loaded.items() if r is None]
     if missing:
         lines += ["", "Missing results (not run, or failed): " + ", ".join(missing) + "."]
+    lines += lm_memory_section(backends)
     stamp = datetime.datetime.now(datetime.UTC).strftime("%Y-%m-%d %H:%M UTC")
     lines += ["", f"Table written {stamp}.", ""]
     return "\n".join(lines)
+
+
+LM_MEMORY_RESULTS = os.path.join("benchmarks", "results")
+
+
+def lm_memory_section(backends, results=LM_MEMORY_RESULTS):
+    """The tables of `lm_memory.py` (run on its own: minutes per configuration), from its saved results."""
+    sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
+    import lm_memory
+
+    paths = [os.path.join(results, f"lm_memory_{backend}.json") for backend in backends]
+    found = [path for path in paths if os.path.exists(path)]
+    if not found:
+        return []
+    lines = [
+        "",
+        "# Language models: dense vs chunked token-level loss (`lm_memory.py`)",
+        "",
+        "Run separately (`python benchmarks/lm_memory.py`, one fresh process per configuration); see "
+        "[large-vocabulary language models](large-vocabulary.md). Peak resident memory above the process's "
+        "baseline (after building the models) and the median step time, warm-up step (compilation) included "
+        "in the peak.",
+    ]
+    for path in found:
+        with open(path) as f:
+            lines += ["", "#" + lm_memory.format_summary(json.load(f))]
+    return lines
 
 
 def main(argv=None):

@@ -133,6 +133,20 @@ class Distiller(DistillationSteps, keras.Model):
         name: name of the model.
         teacher_weights: with several teachers, one weight >= 0 per teacher (normalized to
             sum to 1); `None` weighs them equally. An error with a single teacher model.
+        chunk_size: how language models' token-level terms are computed. `None`: from both
+            models' full `(batch, positions, vocabulary)` logits. An int `N`: `N` positions at a
+            time, from the final hidden states through each model's own output head, so that
+            neither model's full logits (nor their softmaxes and gradients) exist at once; the
+            loss and the gradients are those of `None` (see docs/large-vocabulary.md). `"auto"`
+            (default): for KerasHub `CausalLM` and `Seq2SeqLM` pairs (or a `TeacherCache` and
+            such a student), dense while one step's float32 logits take under 64 MiB and chunks
+            of about 64 MiB above; dense for every other model, and where a model's output head
+            cannot be separated (a `MaskedLM`'s head also reads the masked positions, whose
+            logits are few). An int needs functional models whose
+            logits have a positions axis; otherwise it is an error naming the model. Compiled
+            metrics are then updated chunk by chunk (one more pass of the student's head).
+            A callable `soft_loss` is called per chunk and its values averaged by positions,
+            which is its dense value when it averages over examples and positions.
 
     Example:
 
@@ -376,6 +390,8 @@ class Distiller(DistillationSteps, keras.Model):
                 "loss=... together with loss_weights."
             )
         loss = validation.resolve_hard_loss(loss)
+        if self._student_split is not None:
+            _check_chunkable_loss(loss)
         super().compile(optimizer=optimizer, loss=loss, metrics=metrics, **kwargs)
         return self
 
@@ -742,6 +758,18 @@ def _warn_label_free(alpha, has_compiled_loss, x=None):
         UserWarning,
         stacklevel=2,
     )
+
+
+def _check_chunkable_loss(loss):
+    """A chunked distiller sums a compiled loss over chunks as a mean over positions: refuse other reductions."""
+    reduction = getattr(loss, "reduction", "sum_over_batch_size")
+    if isinstance(loss, keras.losses.Loss) and reduction != "sum_over_batch_size":
+        raise ValueError(
+            f"compile(loss={type(loss).__name__}(reduction={reduction!r})): this distiller computes the hard-label "
+            "term a chunk of positions at a time (chunk_size) and adds the chunks' values as means over positions, "
+            "which is the loss's value only with reduction='sum_over_batch_size' (Keras's default). Use that "
+            "reduction, or Distiller(..., chunk_size=None) for the full logits."
+        )
 
 
 def _one_per_row(values):

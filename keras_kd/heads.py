@@ -17,8 +17,9 @@ Both halves are functional models over the same layers and variables as `model`:
 """
 
 import keras
+import numpy as np
 
-from keras_kd.token_logits import TokenLogits, positions_per_chunk
+from keras_kd.token_logits import Predictions, TokenLogits, positions_per_chunk
 
 CHUNK_ADVICE = (
     "Pass chunk_size=None to compute the full logits (the dense path), or give the model a functional "
@@ -57,6 +58,26 @@ class SplitModel:
         if chunk is None:
             return self.head(hidden, training=training)
         return TokenLogits(hidden, lambda h: self.head(h, training=training), chunk, training)
+
+    def checked_outputs(self, x, chunk_size, check):
+        """The frozen model's logits on `x` for a first-batch check, `check(logits)` run on each chunk's logits.
+
+        Dense where `chunk_size` is dense here; else a `Predictions` (their arg-max), so that the full
+        logits do not exist at once here either.
+        """
+        hidden = self.body(x, training=False)
+        chunk = self.chunk_positions(hidden, chunk_size)
+        if chunk is None:
+            logits = self.head(hidden, training=False)
+            check(logits)
+            return logits
+        positions, predicted = hidden.shape[1], []
+        for start in range(0, positions, chunk):
+            logits = self.head(hidden[:, start : start + chunk], training=False)
+            check(logits)
+            predicted.append(keras.ops.convert_to_numpy(keras.ops.argmax(logits, axis=-1)))
+        shape = (*predicted[0].shape[:1], positions, self.vocabulary_size)
+        return Predictions(np.concatenate(predicted, axis=1), shape)
 
     def chunk_positions(self, hidden, chunk_size):
         """Positions per chunk for hidden states `hidden`, or None for the dense path (one chunk)."""
@@ -164,7 +185,8 @@ def chunking_split(chunk_size, source, student):
 
     `chunk_size=None` is dense. `"auto"` chunks KerasHub language-model tasks (a student whose teachers
     are such tasks too, or a `TeacherCache`) and stays dense elsewhere, also where a model's head
-    cannot be separated; an integer chunks or raises, naming the model whose head was not found.
+    cannot be separated (a `MaskedLM`'s head reads the masked positions too); an integer chunks or
+    raises, naming the model whose head was not found.
     """
     if chunk_size is None:
         return None

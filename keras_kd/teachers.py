@@ -132,9 +132,15 @@ class ModelTeacher(TeacherSource):
         if is_cached(x):
             return []  # refused with its own message by the step
         inputs = teacher_view(x)
-        outputs = self.model(inputs, training=False)
         who = f"The teacher {self.model.name!r}"
-        validation.check_finite_teacher_outputs(who, outputs, inputs, FIRST_BATCH)
+
+        def check(outputs):
+            validation.check_finite_teacher_outputs(who, outputs, inputs, FIRST_BATCH)
+
+        if self.split is not None:
+            return [(who, self.split.checked_outputs(inputs, self.chunk_size, check))]
+        outputs = self.model(inputs, training=False)
+        check(outputs)
         return [(who, outputs)]
 
     split = None  # a `SplitModel` when the distiller chunks
@@ -190,8 +196,15 @@ class EnsembleTeacher(TeacherSource):
         outputs = []
         for index, model in enumerate(self.models):
             label = f"teacher[{index}] {model.name!r}"
+
+            def check(logits, label=label):
+                validation.check_finite_teacher_outputs(label, logits, inputs, FIRST_BATCH)
+
+            if self.splits is not None:
+                outputs.append((label, self.splits[index].checked_outputs(inputs, self.chunk_size, check)))
+                continue
             logits = model(inputs, training=False)
-            validation.check_finite_teacher_outputs(label, logits, inputs, FIRST_BATCH)
+            check(logits)
             outputs.append((label, logits))
         return outputs
 

@@ -103,3 +103,15 @@ def positions_per_chunk(chunk_size, batch, positions, vocabulary_size):
     if per_position * positions <= AUTO_DENSE_BYTES:
         return positions
     return max(1, AUTO_CHUNK_BYTES // per_position)
+
+
+class Predictions:
+    """The arg-max of logits that were computed chunk by chunk, and the shape the logits had.
+
+    What a first-batch check needs of a chunked model's logits (its accuracy on the labels), without
+    keeping them: `predicted` is a `(batch, positions)` NumPy array, `shape` the logits' shape.
+    """
+
+    def __init__(self, predicted, shape):
+        self.predicted = predicted
+        self.shape = tuple(shape)

@@ -578,7 +578,9 @@ def warn_if_near_chance(source, logits, y, sample_weight=None):
     labels = sparse_labels_like(y, tuple(logits.shape))
     if labels is None:
         return
-    predicted = local_numpy(keras.ops.argmax(logits, axis=-1))
+    predicted = getattr(logits, "predicted", None)  # a chunked model's `Predictions`: the arg-max only
+    if predicted is None:
+        predicted = local_numpy(keras.ops.argmax(logits, axis=-1))
     if labels.shape != predicted.shape:
         return
     counted = (labels >= 0) & (labels < classes)
