@@ -319,6 +319,8 @@ def watch(proc, limit_kb, timeout):
 def failure(returncode, stdout, stderr):
     if returncode < 0:
         reason = f"killed by signal {-returncode}" + (" (out of memory?)" if returncode == -9 else "")
+    elif "ResourceExhaustedError" in stderr or "OOM when allocating" in stderr:
+        reason = "out of memory (the framework could not allocate a tensor)"
     else:
         lines = [line for line in stderr.splitlines() if line.strip()] or ["no output"]
         reason = f"exit {returncode}: {lines[-1].strip()[:200]}" if returncode else "no JSON record on stdout"
@@ -426,7 +428,8 @@ def cell(record, key, digits):
     if record is None:
         return "-"
     if record["status"] != "ok":
-        return record["status"].split(":")[0] + ("*" if "inferred_from" in record else "")
+        status = "out of memory" if record["status"].startswith("failed: out of memory") else record["status"]
+        return status.split(":")[0] + ("*" if "inferred_from" in record else "")
     return f"{record[key]:,.{digits}f}"
 
 
@@ -457,7 +460,8 @@ def format_table(result):
 
 def cannot_run(record):
     """Dense could not run within the memory limit: over it (polled, or inferred), or killed by the kernel."""
-    return record["status"] == OVER_LIMIT or record["status"].startswith("failed: killed by signal 9")
+    status = record["status"]
+    return status == OVER_LIMIT or status.startswith(("failed: killed by signal 9", "failed: out of memory"))
 
 
 def largest_rescued(result, mode="chunked"):

@@ -70,7 +70,13 @@ class ChunkedTerms:
         if training and self.steps._chunk_gradients == "fused":
             token, soft_sum, hard_sum = self._fused(numerators, student, bounds, soft_weight, hard_weight)
         else:
-            sums = ops.sum(ops.stack([numerators.chunk_sums(start, stop, training) for start, stop in bounds]), axis=0)
+            sums = None
+            for start, stop in bounds:
+                arguments = numerators.arguments(start, stop)
+                if sums is not None:
+                    arguments = self.steps._in_order(sums, arguments)
+                chunk_sums = numerators.chunk_sums(arguments, training)
+                sums = chunk_sums if sums is None else sums + chunk_sums
             soft_sum, hard_sum = sums[0], sums[1]
             token = soft_weight * soft_sum + (0.0 if hard_weight is None else hard_weight * hard_sum)
         soft = ops.stop_gradient(soft_sum * soft_scale)
@@ -84,7 +90,10 @@ class ChunkedTerms:
         value, soft_sum, hard_sum = 0.0, 0.0, 0.0
         hidden_gradients, variable_gradients = [], [None] * len(variables)
         for start, stop in bounds:
-            teacher_parts, student_hidden, *rest = numerators.arguments(start, stop)
+            arguments = numerators.arguments(start, stop)
+            if hidden_gradients:  # the previous chunk first, whole: its logits released before these exist
+                arguments = self.steps._in_order((value, variable_gradients), arguments)
+            teacher_parts, student_hidden, *rest = arguments
 
             def chunk_loss(hidden, teacher_parts=teacher_parts, rest=rest):
                 soft_n, hard_n = numerators(teacher_parts, hidden, *rest)
@@ -147,9 +156,9 @@ class _Numerators:
         hard = ops.zeros((), "float32") if y is None else objective.hard_numerator(y, student_logits, weight, count)
         return soft, hard
 
-    def chunk_sums(self, start, stop, rematerialized):
-        """`[soft, hard]` numerators of positions `[start, stop)`; their logits recomputed for the gradient if asked."""
-        teacher_parts, student_hidden, weight, y = self.arguments(start, stop)
+    def chunk_sums(self, arguments, rematerialized):
+        """`[soft, hard]` numerators of one chunk's `arguments`; their logits recomputed for the gradient if asked."""
+        teacher_parts, student_hidden, weight, y = arguments
 
         def sums(hidden):
             return ops.stack(self(teacher_parts, hidden, weight, y))

@@ -36,7 +36,11 @@ Chunked token-level terms (`Distiller(chunk_size=...)`, `keras_kd.chunked_terms`
 - `_value_and_gradients(function, hidden, variables)`: for `function(hidden) -> (value, aux)`, returns
   `(value, aux, d value / d hidden, [d value / d v for v in variables])`, computed on the spot and
   outside the step's own gradient computation;
-- `_frozen()`: a context in which frozen computations (a teacher's head) record nothing for gradients.
+- `_frozen()`: a context in which frozen computations (a teacher's head) record nothing for gradients;
+- `_in_order(previous, following)`: `following` unchanged, computed only after `previous` (JAX: an
+  optimization barrier, TensorFlow: control dependencies; without them XLA and TensorFlow's graph
+  executor may run every chunk at once, or merge their products with the head's kernel back into
+  one, and hold all their logits).
 """
 
 import contextlib
@@ -93,6 +97,9 @@ class StepContract:
 
     def _frozen(self):
         return contextlib.nullcontext()
+
+    def _in_order(self, previous, following):
+        return following
 
     def _symbolic_build(self, iterator=None, data_batch=None):
         # JAX and PyTorch: Keras builds the model from the first batch of fit(), evaluate() and the

@@ -139,6 +139,10 @@ class DistillationSteps(StepContract):
     def _check_entry(self, method):
         check_distribution_placement(self, method)
 
+    def _in_order(self, previous, following):
+        _, following = jax.lax.optimization_barrier((previous, following))
+        return following
+
     def _value_and_gradients(self, function, hidden, variables):
         # The step's own scope maps every variable to its value in the step; here the head's variables map
         # to the arguments being differentiated, outside the step's gradient (stop_gradient).

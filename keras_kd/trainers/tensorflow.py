@@ -60,6 +60,11 @@ class DistillationSteps(StepContract):
     def _replicas(self):
         return self.distribute_strategy.num_replicas_in_sync
 
+    def _in_order(self, previous, following):
+        # The graph's executor runs independent ops at once: without this, every chunk's logits could be live.
+        with tf.control_dependencies([leaf for leaf in tf.nest.flatten(previous) if leaf is not None]):
+            return tf.nest.map_structure(lambda leaf: None if leaf is None else tf.identity(leaf), following)
+
     def _value_and_gradients(self, function, hidden, variables):
         hidden = tf.stop_gradient(hidden)
         with tf.GradientTape() as tape:
