@@ -31,7 +31,7 @@ import keras
 from keras import ops
 
 from keras_kd.losses._common import align_weights
-from keras_kd.token_logits import as_token_logits
+from keras_kd.token_logits import as_token_logits, positions_slice
 
 
 class ChunkedTerms:
@@ -65,49 +65,75 @@ class ChunkedTerms:
             soft_weight, hard_weight = soft_scale, None
         else:
             soft_weight, hard_weight = (1.0 - v.alpha) * soft_scale, v.alpha / count
-        numerators = _Numerators(self.objective, teacher, student, y, weight, self.steps._frozen)
-        bounds = [(start, min(start + chunk, positions)) for start in range(0, positions, chunk)]
         if training and self.steps._chunk_gradients == "fused":
-            token, soft_sum, hard_sum = self._fused(numerators, student, bounds, soft_weight, hard_weight)
+            token, soft_sum, hard_sum = self._fused(teacher, student, y, weight, chunk, soft_weight, hard_weight)
         else:
-            sums = None
-            for start, stop in bounds:
-                arguments = numerators.arguments(start, stop)
-                if sums is not None:
-                    arguments = self.steps._in_order(sums, arguments)
-                chunk_sums = numerators.chunk_sums(arguments, training)
-                sums = chunk_sums if sums is None else sums + chunk_sums
+            numerators = _Numerators(self.objective, teacher, student, y, weight, self.steps._frozen)
+            if training:  # "remat": each chunk is differentiated with the step, its logits recomputed
+                sums = self._unrolled_sums(numerators, positions, chunk)
+            else:
+                sums = self._loop(positions, chunk, numerators.add_sums, ops.zeros((2,), "float32"))
             soft_sum, hard_sum = sums[0], sums[1]
             token = soft_weight * soft_sum + (0.0 if hard_weight is None else hard_weight * hard_sum)
         soft = ops.stop_gradient(soft_sum * soft_scale)
         hard = None if y is None else ops.stop_gradient(hard_sum / count)
         return token, soft, hard
 
-    def _fused(self, numerators, student, bounds, soft_weight, hard_weight):
+    def _loop(self, positions, chunk, add, carry):
+        """`carry` through `add(carry, start, size)` per chunk: the full chunks in the backend's loop, then the rest.
+
+        A loop (JAX: `fori_loop`) rather than one copy of the chunk's work per chunk: XLA gives every unrolled copy
+        buffers of its own, so the temporary memory of an unrolled step grows with the whole logits again.
+        """
+        full = positions // chunk
+        carry = self.steps._chunk_loop(full, lambda index, carry: add(carry, index * chunk, chunk), carry)
+        if positions % chunk:
+            carry = add(carry, full * chunk, positions % chunk)
+        return carry
+
+    def _unrolled_sums(self, numerators, positions, chunk):
+        sums = None
+        for start in range(0, positions, chunk):
+            arguments = numerators.arguments(start, min(chunk, positions - start))
+            if sums is not None:
+                arguments = self.steps._in_order(sums, arguments)
+            chunk_sums = numerators.chunk_sums(arguments, rematerialized=True)
+            sums = chunk_sums if sums is None else sums + chunk_sums
+        return sums
+
+    def _fused(self, teacher, student, y, weight, chunk, soft_weight, hard_weight):
         variables = self.head_variables()
         soft_weight = ops.stop_gradient(soft_weight)
         hard_weight = None if hard_weight is None else ops.stop_gradient(hard_weight)
-        value, soft_sum, hard_sum = 0.0, 0.0, 0.0
-        hidden_gradients, variable_gradients = [], [None] * len(variables)
-        for start, stop in bounds:
-            arguments = numerators.arguments(start, stop)
-            if hidden_gradients:  # the previous chunk first, whole: its logits released before these exist
-                arguments = self.steps._in_order((value, variable_gradients), arguments)
+        # The chunks read the hidden states as constants: the step differentiates the surrogate below instead.
+        hidden = ops.stop_gradient(student.parts)
+        numerators = _Numerators(
+            self.objective, teacher, student.map_parts(ops.stop_gradient), y, weight, self.steps._frozen
+        )
+
+        def add(carry, start, size):
+            value, soft_sum, hard_sum, hidden_gradient, gradients = carry
+            arguments = self.steps._in_order(carry, numerators.arguments(start, size))
             teacher_parts, student_hidden, *rest = arguments
 
-            def chunk_loss(hidden, teacher_parts=teacher_parts, rest=rest):
+            def chunk_loss(hidden):
                 soft_n, hard_n = numerators(teacher_parts, hidden, *rest)
                 loss = soft_weight * soft_n + (0.0 if hard_weight is None else hard_weight * hard_n)
                 return loss, (soft_n, hard_n)
 
-            chunk_value, (soft_n, hard_n), hidden_gradient, gradients = self.steps._value_and_gradients(
+            chunk_value, (soft_n, hard_n), chunk_hidden_gradient, chunk_gradients = self.steps._value_and_gradients(
                 chunk_loss, student_hidden, variables
             )
-            value, soft_sum, hard_sum = value + chunk_value, soft_sum + soft_n, hard_sum + hard_n
-            hidden_gradients.append(hidden_gradient)
-            variable_gradients = [_add(total, g) for total, g in zip(variable_gradients, gradients)]
-        surrogate = _inner(ops.concatenate(hidden_gradients, axis=1), student.parts)
-        for variable, gradient in zip(variables, variable_gradients):
+            begin = [0, start] + [0] * (len(hidden.shape) - 2)
+            hidden_gradient = ops.slice_update(hidden_gradient, begin, ops.cast(chunk_hidden_gradient, hidden.dtype))
+            gradients = [_add(total, g) for total, g in zip(gradients, chunk_gradients)]
+            return value + chunk_value, soft_sum + soft_n, hard_sum + hard_n, hidden_gradient, gradients
+
+        zero = ops.zeros((), "float32")
+        carry = (zero, zero, zero, ops.zeros_like(hidden), [None] * len(variables))
+        value, soft_sum, hard_sum, hidden_gradient, gradients = self._loop(student.positions, chunk, add, carry)
+        surrogate = _inner(hidden_gradient, student.parts)
+        for variable, gradient in zip(variables, gradients):
             if gradient is not None:
                 surrogate = surrogate + _inner(gradient, variable.value)
         return ops.stop_gradient(value) + surrogate, soft_sum, hard_sum
@@ -138,11 +164,15 @@ class _Numerators:
         self.weight = weight
         self.frozen = frozen
 
-    def arguments(self, start, stop):
-        arguments = [self.teacher.chunk(start, stop), self.student.chunk(start, stop)]
-        arguments.append(None if self.weight is None else self.weight[:, start:stop])
-        arguments.append(None if self.y is None else self.y[:, start:stop])
+    def arguments(self, start, size):
+        """The chunk of `size` positions from `start` (an int, or a loop's traced index) of every argument."""
+        arguments = [self.teacher.chunk(start, size), self.student.chunk(start, size)]
+        arguments.append(None if self.weight is None else positions_slice(self.weight, start, size))
+        arguments.append(None if self.y is None else positions_slice(self.y, start, size))
         return arguments
+
+    def add_sums(self, sums, start, size):
+        return sums + self.chunk_sums(self.arguments(start, size), rematerialized=False)
 
     def __call__(self, teacher_parts, student_hidden, weight, y):
         objective = self.objective

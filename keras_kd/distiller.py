@@ -652,7 +652,7 @@ class Distiller(DistillationSteps, keras.Model):
             sample_weight = ops.broadcast_to(ops.expand_dims(sample_weight, -1), ops.shape(y)[:2])
         for start in range(0, positions, chunk):
             stop = min(start + chunk, positions)
-            logits = ops.stop_gradient(student_logits.logits(student_logits.chunk(start, stop)))
+            logits = ops.stop_gradient(student_logits.logits(student_logits.chunk(start, stop - start)))
             weight = None if sample_weight is None else _one_per_row(sample_weight[:, start:stop])
             self.compute_metrics(x, _one_per_row(y[:, start:stop]), _one_per_row(logits), weight)
         return self.get_metrics_result()

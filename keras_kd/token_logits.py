@@ -9,6 +9,8 @@ time (`keras_kd.chunked_terms`), so the full logits never exist at once.
 a top-k cache's `(values, indices, tail)`), each `(batch, positions, ...)`.
 """
 
+from keras import ops
+
 # "auto": dense while one step's float32 logits stay under this size, else chunks of about this size.
 AUTO_DENSE_BYTES = 64 * 2**20
 AUTO_CHUNK_BYTES = 64 * 2**20
@@ -39,9 +41,9 @@ class TokenLogits:
     def batch(self):
         return self._leaves[0].shape[0]
 
-    def chunk(self, start, stop):
-        """`parts` at positions `[start, stop)`."""
-        sliced = [leaf[:, start:stop] for leaf in self._leaves]
+    def chunk(self, start, size):
+        """`parts` at the `size` positions from `start` (an int, or a loop's traced index)."""
+        sliced = [positions_slice(leaf, start, size) for leaf in self._leaves]
         return tuple(sliced) if isinstance(self.parts, tuple) else sliced[0]
 
     def logits(self, parts):
@@ -115,3 +117,11 @@ class Predictions:
     def __init__(self, predicted, shape):
         self.predicted = predicted
         self.shape = tuple(shape)
+
+
+def positions_slice(tensor, start, size):
+    """`tensor[:, start:start + size]`; with a traced `start` (inside a loop), a dynamic slice of static size."""
+    if isinstance(start, int):
+        return tensor[:, start : start + size]
+    begin = [0, start] + [0] * (len(tensor.shape) - 2)
+    return ops.slice(tensor, begin, (tensor.shape[0], size, *tensor.shape[2:]))

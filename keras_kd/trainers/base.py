@@ -37,6 +37,8 @@ Chunked token-level terms (`Distiller(chunk_size=...)`, `keras_kd.chunked_terms`
   `(value, aux, d value / d hidden, [d value / d v for v in variables])`, computed on the spot and
   outside the step's own gradient computation;
 - `_frozen()`: a context in which frozen computations (a teacher's head) record nothing for gradients;
+- `_chunk_loop(count, body, carry)`: the loop over chunks (a Python loop; JAX: `fori_loop`, whose one
+  body reuses its buffers, where XLA gives each unrolled chunk buffers of its own);
 - `_in_order(previous, following)`: `following` unchanged, computed only after `previous` (JAX: an
   optimization barrier, TensorFlow: control dependencies; without them XLA and TensorFlow's graph
   executor may run every chunk at once, or merge their products with the head's kernel back into
@@ -100,6 +102,12 @@ class StepContract:
 
     def _in_order(self, previous, following):
         return following
+
+    def _chunk_loop(self, count, body, carry):
+        """`carry = body(index, carry)` for `index` in `range(count)` (JAX: one compiled loop body)."""
+        for index in range(count):
+            carry = body(index, carry)
+        return carry
 
     def _symbolic_build(self, iterator=None, data_batch=None):
         # JAX and PyTorch: Keras builds the model from the first batch of fit(), evaluate() and the

@@ -139,6 +139,20 @@ class DistillationSteps(StepContract):
     def _check_entry(self, method):
         check_distribution_placement(self, method)
 
+    def _chunk_loop(self, count, body, carry):
+        if count == 0:
+            return carry
+        carry = body(0, carry)  # unrolled once: the carry's structure (which gradients exist) is known after it
+        if count == 1:
+            return carry
+        # The loop reads every variable as a constant, so that the step's own differentiation does not trace
+        # through it (a loop with differentiated inputs would keep every iteration's values for the backward pass).
+        constants = [
+            (v, jax.lax.stop_gradient(v.value)) for v in self.trainable_variables + self.non_trainable_variables
+        ]
+        with StatelessScope(state_mapping=constants):
+            return jax.lax.fori_loop(1, count, body, carry)
+
     def _in_order(self, previous, following):
         _, following = jax.lax.optimization_barrier((previous, following))
         return following
