@@ -24,7 +24,6 @@ MODULES = [
     "keras_kd.losses.attention",
     "keras_kd.losses.relational",
     "keras_kd.losses.top_k",
-    "keras_kd.losses.chunked",
     "keras_kd.callbacks",
     "keras_kd.metrics",
     "keras_kd.cache.teacher_cache",
