@@ -202,14 +202,18 @@ def make_distiller(keras, keras_kd, teacher, student, mode, chunk_size):
     return distiller
 
 
-def chunk_positions(mode, chunk_size, vocabulary, positions):
+def chunk_positions(mode, chunk_size, vocabulary, positions, distiller=None):
     """Positions per chunk that the mode's `chunk_size` comes to here, if this keras_kd says (None for dense)."""
     try:
         from keras_kd.token_logits import positions_per_chunk
     except ImportError:
         return None
     requested = chunk_argument(mode, chunk_size)
-    return None if requested is None else min(positions, positions_per_chunk(requested, 1, positions, vocabulary))
+    if requested is None:
+        return None
+    chunk_bytes = getattr(distiller, "_auto_chunk_bytes", None)  # the backend's "auto" chunk, where it has one
+    extra = () if chunk_bytes is None else (chunk_bytes,)
+    return min(positions, positions_per_chunk(requested, 1, positions, vocabulary, *extra))
 
 
 def make_batch(np, vocabulary, positions, seed):
@@ -267,7 +271,7 @@ def run_child(args):
         "positions": positions,
         "batch_size": 1,
         "chunk_size": chunk_argument(mode, args.chunk_size),
-        "chunk_positions": chunk_positions(mode, args.chunk_size, vocabulary, positions),
+        "chunk_positions": chunk_positions(mode, args.chunk_size, vocabulary, positions, distiller),
         "status": "ok",
         "baseline_mb": mb(baseline_kb),
         "peak_rss_mb": mb(peak_kb),

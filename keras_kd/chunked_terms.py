@@ -14,10 +14,11 @@ Gradients without keeping every chunk's logits, two ways (`StepContract._chunk_g
 
 - `"fused"`: each chunk's gradient with respect to its slice of the student's hidden states and to
   the student head's variables is computed right away, in the forward pass (what fused
-  linear-loss kernels do); the step then differentiates a surrogate with the same value,
-  `V + sum(G_h * (h - sg(h))) + sum_v sum(G_v * (v - sg(v)))` (`sg`: stop-gradient), whose gradient
-  is exactly those gradients, and carries them on through the student's body. The head runs once
-  forward and once backward per chunk, as in the dense step.
+  linear-loss kernels do); the step then differentiates a scalar with the loss's value whose
+  gradient is exactly those gradients (`StepContract._with_gradients`: a custom gradient on
+  TensorFlow and PyTorch, the surrogate `V + sum(G_h * (h - sg(h))) + sum_v sum(G_v * (v - sg(v)))`,
+  `sg` stop-gradient, on JAX, where XLA fuses it), and carries them on through the student's body.
+  The head runs once forward and once backward per chunk, as in the dense step.
 - `"remat"`: each chunk is wrapped in `keras.remat` and differentiated with the rest of the step; its
   logits are recomputed in the backward pass (one more forward of both heads per chunk).
 
@@ -126,30 +127,25 @@ class ChunkedTerms:
             )
             begin = [0, start] + [0] * (len(hidden.shape) - 2)
             hidden_gradient = ops.slice_update(hidden_gradient, begin, ops.cast(chunk_hidden_gradient, hidden.dtype))
-            gradients = [_add(total, g) for total, g in zip(gradients, chunk_gradients)]
+            gradients = [_add(self.steps, total, g) for total, g in zip(gradients, chunk_gradients)]
             return value + chunk_value, soft_sum + soft_n, hard_sum + hard_n, hidden_gradient, gradients
 
         zero = ops.zeros((), "float32")
         carry = (zero, zero, zero, ops.zeros_like(hidden), [None] * len(variables))
-        value, soft_sum, hard_sum, hidden_gradient, gradients = self._loop(student.positions, chunk, add, carry)
-        surrogate = _inner(hidden_gradient, student.parts)
-        for variable, gradient in zip(variables, gradients):
+        value, soft_sum, hard_sum, hidden_gradient, sums = self._loop(student.positions, chunk, add, carry)
+        tensors, gradients = [student.parts], [hidden_gradient]
+        for variable, gradient in zip(variables, sums):
             if gradient is not None:
-                surrogate = surrogate + _inner(gradient, variable.value)
-        return ops.stop_gradient(value) + surrogate, soft_sum, hard_sum
+                tensors.append(variable.value)
+                gradients.append(ops.cast(gradient, variable.dtype))
+        return self.steps._with_gradients(value, tensors, gradients), soft_sum, hard_sum
 
 
-def _add(total, gradient):
+def _add(steps, total, gradient):
     if gradient is None:
         return total
     gradient = ops.cast(gradient, "float32")
-    return gradient if total is None else total + gradient
-
-
-def _inner(gradient, tensor):
-    """`sum(g * (x - sg(x)))`: zero, with gradient `g` with respect to `x`."""
-    delta = tensor - ops.stop_gradient(tensor)
-    return ops.sum(ops.cast(ops.stop_gradient(gradient), "float32") * ops.cast(delta, "float32"))
+    return gradient if total is None else steps._accumulate(total, gradient)
 
 
 class _Numerators:

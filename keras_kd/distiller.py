@@ -140,11 +140,12 @@ class Distiller(DistillationSteps, keras.Model):
             loss and the gradients are those of `None` (see docs/large-vocabulary.md). `"auto"`
             (default): for KerasHub `CausalLM` and `Seq2SeqLM` pairs (or a `TeacherCache` and
             such a student), dense while one step's float32 logits take under 64 MiB and chunks
-            of about 64 MiB above; dense for every other model, and where a model's output head
-            cannot be separated (a `MaskedLM`'s head also reads the masked positions, whose
-            logits are few). An int needs functional models whose
-            logits have a positions axis; otherwise it is an error naming the model. Compiled
-            metrics are then updated chunk by chunk (one more pass of the student's head).
+            of about 64 MiB above (96 MiB on PyTorch, where fewer chunks cost less time); dense
+            for every other model, and where a model's output head cannot be separated (a
+            `MaskedLM`'s head also reads the masked positions, whose logits are few). An int
+            needs functional models whose logits have a positions axis; otherwise it is an
+            error naming the model. Compiled metrics are then updated chunk by chunk (one more
+            pass of the student's head).
             A callable `soft_loss` is called per chunk and its values averaged by positions,
             which is its dense value when it averages over examples and positions.
 
@@ -204,7 +205,7 @@ class Distiller(DistillationSteps, keras.Model):
         self.soft_loss = soft_loss
         self._soft_term = self._source.check_soft_loss(soft_losses.resolve(soft_loss, temperature))
         self.chunk_size = check_chunk_size(chunk_size)
-        self._student_split = chunking_split(self.chunk_size, self._source, student)
+        self._student_split = chunking_split(self.chunk_size, self._source, student, self._bound_pairs)
         self._variables = self._create_variables(temperature, alpha)
         self._objective = Objective(
             self._source,
@@ -612,7 +613,7 @@ class Distiller(DistillationSteps, keras.Model):
             if self._student_split is None:
                 logits = self.student(student_view(x), training=training)
             else:
-                logits = self._student_split.forward(student_view(x), training, self.chunk_size)
+                logits = self._student_split.forward(student_view(x), training, self.chunk_size, self._auto_chunk_bytes)
         return logits, self._bound_pairs.features(captured, "student")
 
     def _update_metrics(self, loss, terms, x, y, student_logits, sample_weight):

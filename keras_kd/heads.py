@@ -19,7 +19,7 @@ Both halves are functional models over the same layers and variables as `model`:
 import keras
 import numpy as np
 
-from keras_kd.token_logits import Predictions, TokenLogits, positions_per_chunk
+from keras_kd.token_logits import AUTO_CHUNK_BYTES, Predictions, TokenLogits, positions_per_chunk
 
 CHUNK_ADVICE = (
     "Pass chunk_size=None to compute the full logits (the dense path), or give the model a functional "
@@ -51,10 +51,11 @@ class SplitModel:
         self.head.input_spec = None
         self.vocabulary_size = output.shape[-1]
 
-    def forward(self, x, training, chunk_size):
-        """The model's logits on `x`: dense, or `TokenLogits` where `chunk_size` chunks these positions."""
+    def forward(self, x, training, chunk_size, chunk_bytes=AUTO_CHUNK_BYTES):
+        """The model's logits on `x`: dense, or `TokenLogits` where `chunk_size` chunks these positions
+        (`"auto"`: chunks of about `chunk_bytes` of float32 logits)."""
         hidden = self.body(x, training=training)
-        chunk = self.chunk_positions(hidden, chunk_size)
+        chunk = self.chunk_positions(hidden, chunk_size, chunk_bytes)
         if chunk is None:
             return self.head(hidden, training=training)
         return TokenLogits(hidden, lambda h: self.head(h, training=training), chunk, training)
@@ -79,7 +80,7 @@ class SplitModel:
         shape = (*predicted[0].shape[:1], positions, self.vocabulary_size)
         return Predictions(np.concatenate(predicted, axis=1), shape)
 
-    def chunk_positions(self, hidden, chunk_size):
+    def chunk_positions(self, hidden, chunk_size, chunk_bytes=AUTO_CHUNK_BYTES):
         """Positions per chunk for hidden states `hidden`, or None for the dense path (one chunk)."""
         batch, positions = hidden.shape[0], hidden.shape[1]
         if positions is None:
@@ -90,7 +91,7 @@ class SplitModel:
                 "of positions is not fixed (shape (batch, None)). Pad the sequences to one length (a KerasHub "
                 "preprocessor's sequence_length), or pass chunk_size=None."
             )
-        chunk = positions_per_chunk(chunk_size, batch, positions, self.vocabulary_size)
+        chunk = positions_per_chunk(chunk_size, batch, positions, self.vocabulary_size, chunk_bytes)
         return chunk if chunk < positions else None
 
 
@@ -180,13 +181,14 @@ def is_language_model_task(model):
     )
 
 
-def chunking_split(chunk_size, source, student):
+def chunking_split(chunk_size, source, student, pairs):
     """The student split at its head where the distiller chunks (the teacher source split too); else None.
 
     `chunk_size=None` is dense. `"auto"` chunks KerasHub language-model tasks (a student whose teachers
     are such tasks too, or a `TeacherCache`) and stays dense elsewhere, also where a model's head
-    cannot be separated (a `MaskedLM`'s head reads the masked positions too); an integer chunks or
-    raises, naming the model whose head was not found.
+    cannot be separated (a `MaskedLM`'s head reads the masked positions too) or a layer pair (`pairs`,
+    the distiller's `BoundPairs`) reads a layer of a head; an integer chunks or raises, naming the
+    model whose head was not found or the pair.
     """
     if chunk_size is None:
         return None
@@ -195,10 +197,30 @@ def chunking_split(chunk_size, source, student):
             return None
         try:
             split = SplitModel(student, "student")
+            if _paired_head_layers(split, source, pairs):
+                return None
             source.split_heads(chunk_size)
         except ValueError:
             return None
         return split
     split = SplitModel(student, "student")
+    paired = _paired_head_layers(split, source, pairs)
+    if paired:
+        role, model, description, path = paired[0]
+        raise ValueError(
+            f"{description}: the {role} layer {path!r} is part of {model.name!r}'s output head, which "
+            f"chunk_size={chunk_size} runs a chunk of positions at a time, so its whole output never exists. Pair "
+            "a layer before the head (e.g. the layer of the final hidden states), or pass chunk_size=None."
+        )
     source.split_heads(chunk_size)
     return split
+
+
+def _paired_head_layers(student_split, source, pairs):
+    """`[(role, model, pair description, layer path)]` of the paired layers that the models' output heads call."""
+    found = [("student", student_split.model, *p) for p in pairs.paired_among("student", student_split.head.layers)]
+    if pairs.teacher_layers:
+        for model in source.models:
+            head = SplitModel(model, "teacher").head
+            found += [("teacher", model, *p) for p in pairs.paired_among("teacher", head.layers)]
+    return found

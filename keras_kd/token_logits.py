@@ -16,7 +16,7 @@ AUTO_DENSE_BYTES = 64 * 2**20
 AUTO_CHUNK_BYTES = 64 * 2**20
 CHUNK_SIZE_ADVICE = (
     "Pass None (the full logits), a number of positions >= 1 (e.g. chunk_size=128), or 'auto' (dense while "
-    "the logits are small, else chunks of about 64 MiB of float32 logits)."
+    "the logits are small, else chunks of about 64 MiB of float32 logits, 96 MiB on PyTorch)."
 )
 
 
@@ -92,11 +92,11 @@ def check_chunk_size(chunk_size):
     return chunk_size
 
 
-def positions_per_chunk(chunk_size, batch, positions, vocabulary_size):
+def positions_per_chunk(chunk_size, batch, positions, vocabulary_size, chunk_bytes=AUTO_CHUNK_BYTES):
     """How many positions one chunk takes; `positions` (or more) means the dense path.
 
     `"auto"` keeps the logits dense while `batch * positions * vocabulary` float32 values stay under
-    `AUTO_DENSE_BYTES`, and otherwise takes chunks of about `AUTO_CHUNK_BYTES` of logits. An unknown
+    `AUTO_DENSE_BYTES`, and otherwise takes chunks of about `chunk_bytes` of logits. An unknown
     batch size counts as 1.
     """
     if chunk_size != "auto":
@@ -104,7 +104,7 @@ def positions_per_chunk(chunk_size, batch, positions, vocabulary_size):
     per_position = 4 * (batch or 1) * vocabulary_size
     if per_position * positions <= AUTO_DENSE_BYTES:
         return positions
-    return max(1, AUTO_CHUNK_BYTES // per_position)
+    return max(1, chunk_bytes // per_position)
 
 
 class Predictions:
@@ -124,4 +124,5 @@ def positions_slice(tensor, start, size):
     if isinstance(start, int):
         return tensor[:, start : start + size]
     begin = [0, start] + [0] * (len(tensor.shape) - 2)
-    return ops.slice(tensor, begin, (tensor.shape[0], size, *tensor.shape[2:]))
+    dims = [ops.shape(tensor)[i] if d is None else d for i, d in enumerate(tensor.shape)]  # TF: batch unknown
+    return ops.slice(tensor, begin, [dims[0], size, *dims[2:]])

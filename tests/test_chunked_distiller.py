@@ -231,46 +231,6 @@ def test_chunk_size_is_saved(teacher, tmp_path):
     assert loaded.get_config()["chunk_size"] == 7
 
 
-@pytest.mark.parametrize("bad", [0, -3])
-def test_chunk_size_below_one_is_refused(teacher, bad):
-    with pytest.raises(ValueError, match=r"chunk_size must be >= 1"):
-        keras_kd.Distiller(teacher, student(), chunk_size=bad)
-
-
-@pytest.mark.parametrize("bad", [2.5, True, "big", [4]])
-def test_chunk_size_of_the_wrong_kind_is_refused(teacher, bad):
-    with pytest.raises((TypeError, ValueError), match=r"chunk_size"):
-        keras_kd.Distiller(teacher, student(), chunk_size=bad)
-
-
-def test_a_model_without_a_separable_head_is_refused():
-    classifier_t = keras.Sequential([keras.Input((4,)), keras.layers.Dense(3)], name="clf_t")
-    classifier_s = keras.Sequential([keras.Input((4,)), keras.layers.Dense(3)], name="clf_s")
-    with pytest.raises(ValueError, match=r"'clf_s' outputs shape \(None, 3\).*chunk_size=None"):
-        keras_kd.Distiller(classifier_t, classifier_s, chunk_size=8)
-
-    class Subclassed(keras.Model):
-        def __init__(self):
-            super().__init__(name="subclassed")
-            self.embedding = keras.layers.Embedding(VOCABULARY, 8)
-            self.dense = keras.layers.Dense(VOCABULARY)
-
-        def call(self, x):
-            return self.dense(self.embedding(x))
-
-    model = Subclassed()
-    model(np.zeros((1, POSITIONS), "int32"))
-    teacher = keras.Sequential(
-        [
-            keras.Input((POSITIONS,), dtype="int32"),
-            keras.layers.Embedding(VOCABULARY, 8),
-            keras.layers.Dense(VOCABULARY),
-        ]
-    )
-    with pytest.raises(ValueError, match=r"'subclassed' \(Subclassed\) is not a functional model.*chunk_size=None"):
-        keras_kd.Distiller(teacher, model, chunk_size=8)
-
-
 def test_a_sequential_language_model_is_chunked_at_its_last_layer():
     def lm(seed):
         keras.utils.set_random_seed(seed)
@@ -311,11 +271,6 @@ def test_top_k_cache_build_chunk_by_chunk(teacher, tmp_path):
     np.testing.assert_allclose(tail, dense_tail, rtol=1e-6)
 
 
-def test_chunk_size_of_a_dense_cache_is_refused(teacher, tmp_path):
-    with pytest.raises(ValueError, match=r"chunk_size=4 .* top_k=None"):
-        keras_kd.TeacherCache.build(teacher, (X, Y), tmp_path / "c", chunk_size=4, verbose=0)
-
-
 def test_a_seq2seq_model_is_chunked_at_its_decoder_output():
     def bart(seed, layers):
         keras.utils.set_random_seed(seed)
@@ -348,13 +303,6 @@ def test_a_seq2seq_model_is_chunked_at_its_decoder_output():
     assert_same_step(*results)
 
 
-def test_a_compiled_loss_that_is_not_a_mean_is_refused(teacher):
-    distiller = keras_kd.Distiller(teacher, student(), chunk_size=4)
-    loss = keras.losses.SparseCategoricalCrossentropy(from_logits=True, reduction="sum")
-    with pytest.raises(ValueError, match=r"reduction='sum'.*sum_over_batch_size.*chunk_size=None"):
-        distiller.compile(optimizer="sgd", loss=loss)
-
-
 def test_first_batch_checks_read_the_teacher_chunk_by_chunk():
     teacher = llama(2, seed=1)
     distiller = keras_kd.Distiller(teacher, student(), chunk_size=4).compile(optimizer="sgd")
@@ -365,3 +313,9 @@ def test_first_batch_checks_read_the_teacher_chunk_by_chunk():
     distiller = keras_kd.Distiller(teacher, student(), chunk_size=4).compile(optimizer="sgd")
     with pytest.raises(ValueError, match=r"The teacher 'llama3_causal_lm.*' .*(NaN|non-finite)"):
         distiller.fit(X, Y, batch_size=BATCH, epochs=1, verbose=0)
+
+
+def test_auto_stays_dense_where_a_pair_reads_a_layer_of_a_head(teacher):
+    assert keras_kd.Distiller(teacher, student())._student_split is not None  # "auto" would chunk large logits
+    pair = keras_kd.Hint("backbone/sequence_output_layernorm", "token_embedding")
+    assert keras_kd.Distiller(teacher, student(), pairs=[pair])._student_split is None

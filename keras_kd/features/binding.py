@@ -80,6 +80,18 @@ class BoundPairs:
             result.append(pair_shapes)
         return result
 
+    def paired_among(self, role, layers):
+        """`(description, layer path)` of each of `role`'s paired layers that is one of `layers`."""
+        wanted = {id(layer) for layer in layers}
+        layers_per_pair = self.teacher_layers if role == "teacher" else self.student_layers
+        column = 0 if role == "teacher" else 1
+        return [
+            (pair.describe(index), pair.layer_pairs[index][column])
+            for pair, pair_layers in zip(self.pairs, layers_per_pair)
+            for index, layer in enumerate(pair_layers)
+            if id(layer) in wanted
+        ]
+
     def capture(self, role):
         """`with pairs.capture(role) as captured:` records the outputs of `role`'s paired layers in one forward pass.
 

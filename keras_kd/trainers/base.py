@@ -49,6 +49,9 @@ import contextlib
 
 import keras
 import numpy as np
+from keras import ops
+
+from keras_kd.token_logits import AUTO_CHUNK_BYTES
 
 
 def first_batch(iterator):
@@ -93,12 +96,29 @@ class StepContract:
         return contextlib.nullcontext()
 
     _chunk_gradients = "fused"
+    _auto_chunk_bytes = AUTO_CHUNK_BYTES  # float32 logits per chunk where chunk_size="auto" chunks
 
     def _value_and_gradients(self, function, hidden, variables):
         raise NotImplementedError
 
     def _frozen(self):
         return contextlib.nullcontext()
+
+    def _accumulate(self, total, addend):
+        """`total + addend`, where `total` is a running sum of chunks' gradients that nothing else reads."""
+        return total + addend
+
+    def _with_gradients(self, value, tensors, gradients):
+        """A scalar equal to `value` whose gradient with respect to each of `tensors` is the matching `gradients`.
+
+        Here the surrogate `sg(value) + sum_i sum(sg(g_i) * (t_i - sg(t_i)))` (`sg`: stop-gradient); backends
+        that can attach a gradient directly do, without the surrogate's temporaries the size of each tensor.
+        """
+        total = ops.stop_gradient(value)
+        for tensor, gradient in zip(tensors, gradients):
+            delta = ops.cast(tensor - ops.stop_gradient(tensor), "float32")
+            total = total + ops.sum(ops.cast(ops.stop_gradient(gradient), "float32") * delta)
+        return total
 
     def _in_order(self, previous, following):
         return following

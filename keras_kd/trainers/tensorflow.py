@@ -65,6 +65,43 @@ class DistillationSteps(StepContract):
         with tf.control_dependencies([leaf for leaf in tf.nest.flatten(previous) if leaf is not None]):
             return tf.nest.map_structure(lambda leaf: None if leaf is None else tf.identity(leaf), following)
 
+    def _chunk_loop(self, count, body, carry):
+        if count <= 1 or tf.executing_eagerly():
+            return super()._chunk_loop(count, body, carry)
+        carry = body(0, carry)  # unrolled once: the carry's structure (which gradients exist) is known after it
+        # One `while_loop` body rather than a copy of the chunk's work per chunk: in an unrolled graph the
+        # allocator keeps more than one chunk's buffers alive (3.1 GB vs 1.9 GB at 128,256 x 2,048).
+        template = tf.nest.flatten(carry)
+        present = [i for i, leaf in enumerate(template) if leaf is not None]
+
+        def rebuilt(values):
+            leaves = list(template)
+            for i, value in zip(present, values):
+                leaves[i] = value
+            return tf.nest.pack_sequence_as(carry, leaves)
+
+        def step(index, *values):
+            leaves = tf.nest.flatten(body(index, rebuilt(values)))
+            return (index + 1, *(leaves[i] for i in present))
+
+        _, *values = tf.while_loop(
+            lambda index, *_: index < count,
+            step,
+            (tf.constant(1), *(template[i] for i in present)),
+            parallel_iterations=1,
+        )
+        return rebuilt(values)
+
+    def _with_gradients(self, value, tensors, gradients):
+        @tf.custom_gradient
+        def attached(*tensors):
+            def gradient(upstream):
+                return [tf.cast(upstream, t.dtype) * tf.cast(g, t.dtype) for g, t in zip(gradients, tensors)]
+
+            return tf.identity(tf.stop_gradient(value)), gradient
+
+        return attached(*tensors)
+
     def _value_and_gradients(self, function, hidden, variables):
         hidden = tf.stop_gradient(hidden)
         with tf.GradientTape() as tape:

@@ -7,7 +7,7 @@ support; a distribution set anyway would be ignored, so the entry points refuse 
 import torch
 from keras.utils import unpack_x_y_sample_weight
 
-from keras_kd.token_logits import map_tensors
+from keras_kd.token_logits import AUTO_CHUNK_BYTES, map_tensors
 from keras_kd.trainers.base import StepContract, refuse_keras_distribution
 
 
@@ -17,8 +17,19 @@ class DistillationSteps(StepContract):
             method, "torch", "Use the JAX or TensorFlow backend for multi-device distillation (docs/distribution.md)."
         )
 
+    # Eager PyTorch pays per chunk for a fresh head-sized weight gradient. At 128,256 x 2,048 (interleaved
+    # medians): chunks of 64 MiB took 1.17x the dense step's time, 96 MiB 1.08x, 128 MiB 1.04-1.06x; peak
+    # memory 0.20x, 0.21x, 0.26x the dense step's.
+    _auto_chunk_bytes = 3 * AUTO_CHUNK_BYTES // 2
+
     def _frozen(self):
         return torch.no_grad()
+
+    def _accumulate(self, total, addend):
+        return total.add_(addend)  # in place: a fresh head-sized sum per chunk costs more than the addition
+
+    def _with_gradients(self, value, tensors, gradients):
+        return _Attached.apply(value.detach(), len(tensors), *tensors, *(g.detach() for g in gradients))
 
     def _value_and_gradients(self, function, hidden, variables):
         hidden = hidden.detach().requires_grad_(True)
@@ -54,3 +65,19 @@ class DistillationSteps(StepContract):
             student_outputs = self._student_forward(x, training=False)
             loss, terms = self._objective(x, y, sample_weight, teacher_outputs, student_outputs)
         return self._update_metrics(loss, terms, x, y, student_outputs[0], sample_weight)
+
+
+class _Attached(torch.autograd.Function):
+    """`value`, with the given gradients flowing to the given tensors (see `StepContract._with_gradients`)."""
+
+    @staticmethod
+    def forward(ctx, value, count, *tensors_then_gradients):
+        ctx.gradients = tensors_then_gradients[count:]
+        return value.clone()
+
+    @staticmethod
+    def backward(ctx, upstream):
+        # In place: the gradients are this step's own sums, read once (a copy would be head-sized).
+        gradients = [g.mul_(upstream.to(g.dtype)) for g in ctx.gradients]
+        ctx.gradients = None
+        return (None, None, *gradients, *([None] * len(gradients)))
