@@ -25,6 +25,7 @@ _PUBLIC = {
     "Relational": "keras_kd.features.pairs",
     "CosineEmbedding": "keras_kd.features.pairs",
     "TeacherCache": "keras_kd.cache.teacher_cache",
+    "OnPolicy": "keras_kd.on_policy.config",
     "paired_inputs": "keras_kd.data.batch_keys",
     "callbacks": "keras_kd.callbacks",
     "losses": "keras_kd.losses",

@@ -22,6 +22,8 @@ from keras_kd.data.batch_keys import is_cached, student_view, teacher_view
 from keras_kd.heads import chunking_split
 from keras_kd.metrics import TermMeans
 from keras_kd.objective import Objective
+from keras_kd.on_policy.checks import check_on_policy
+from keras_kd.on_policy.loop import fit_on_policy
 from keras_kd.teachers import deserialize_teacher, serialize_model, teacher_source
 from keras_kd.token_logits import TokenLogits, check_chunk_size
 from keras_kd.trainers import DistillationSteps
@@ -148,6 +150,12 @@ class Distiller(DistillationSteps, keras.Model):
             pass of the student's head).
             A callable `soft_loss` is called per chunk and its values averaged by positions,
             which is its dense value when it averages over examples and positions.
+        on_policy: None, or a `keras_kd.OnPolicy` for KerasHub `CausalLM` pairs: `fit` then takes
+            prompts (raw strings; `fit(prompts, completions)` for supervised batches), and per batch
+            the student being trained (or the teacher, or the data) writes the completions that the
+            token-level terms compare, prompt and padding positions weighted 0. Logs add
+            `on_policy_share`, `completion_length`, `generation_seconds` and `training_seconds`.
+            `alpha` weights the cross-entropy on the completion's tokens (usually 0 on-policy).
 
     Example:
 
@@ -182,6 +190,7 @@ class Distiller(DistillationSteps, keras.Model):
         name="distiller",
         teacher_weights=None,
         chunk_size="auto",
+        on_policy=None,
         **kwargs,
     ):
         _check_model_kwargs(kwargs)
@@ -191,6 +200,7 @@ class Distiller(DistillationSteps, keras.Model):
         self._first_batch_inspected = False
         self._source = teacher_source(teacher, teacher_weights)
         validation.check_model("student", student)
+        self.on_policy = check_on_policy(on_policy, self._source, student)
         self._source.check_student(student)
         temperature = validation.check_temperature(temperature)
         alpha = validation.check_alpha(alpha)
@@ -422,6 +432,20 @@ class Distiller(DistillationSteps, keras.Model):
         See `keras_kd.data.text` for which preprocessor feeds which model.
         """
         self._check_entry("fit")
+        if self.on_policy is not None:
+            return fit_on_policy(
+                self,
+                self.on_policy,
+                x,
+                y,
+                batch_size,
+                sample_weight=sample_weight,
+                validation_data=validation_data,
+                validation_split=validation_split,
+                validation_batch_size=validation_batch_size,
+                shuffle=shuffle,
+                **kwargs,
+            )
         validation.check_data_reaches_teacher(
             validation_data, getattr(self._source, "cache", None), "fit(validation_data=...)"
         )
@@ -687,6 +711,7 @@ class Distiller(DistillationSteps, keras.Model):
             "soft_loss": soft_losses.serialize(self.soft_loss),
             "teacher_weights": self.teacher_weights,
             "chunk_size": self.chunk_size,
+            "on_policy": None if self.on_policy is None else keras.saving.serialize_keras_object(self.on_policy),
         }
         # A student sharing a teacher's KerasHub preprocessor (keras_kd.hub.student_from_teacher) must share it again
         # when loaded: Keras saves the shared object's assets (the vocabulary) once, and its nested configs lose the
@@ -715,6 +740,8 @@ class Distiller(DistillationSteps, keras.Model):
             optimizer.load_own_variables = lambda store, optimizer=optimizer: delattr(optimizer, "load_own_variables")
         config["pairs"] = [keras.saving.deserialize_keras_object(pair) for pair in config.get("pairs", [])]
         config["soft_loss"] = soft_losses.deserialize(config.get("soft_loss", "kl"))
+        if config.get("on_policy") is not None:
+            config["on_policy"] = keras.saving.deserialize_keras_object(config["on_policy"])
         return cls(**config)
 
 

@@ -250,6 +250,18 @@ DECISIONS = {
                 lambda tmp_path: keras_kd.Distiller(teacher(), student(), chunk_size=8),
             )
         ],
+        "on_policy": [
+            raises(
+                "models that are not KerasHub CausalLM tasks",
+                r"on_policy distils KerasHub CausalLM models; the teacher 'teacher' is a Sequential",
+                lambda tmp_path: keras_kd.Distiller(teacher(), student(), on_policy=keras_kd.OnPolicy()),
+            ),
+            raises(
+                "a TeacherCache (the teacher must score the student's new text)",
+                r"on_policy needs a teacher model, not a TeacherCache",
+                lambda tmp_path: keras_kd.Distiller(cache_of(tmp_path), student(), on_policy=keras_kd.OnPolicy()),
+            ),
+        ],
         "temperature": [
             raises(
                 "a soft_loss object whose own temperature differs",
@@ -614,6 +626,13 @@ DECISIONS = {
         "verbose": EVERYWHERE,
         # **distiller_kwargs: every stage's Distiller; the Distiller's decisions apply per stage.
         "chunk_size": EVERYWHERE,
+        "on_policy": [
+            raises(
+                "any (stages distil on fixed data)",
+                r"progressive does not take on_policy",
+                lambda tmp_path: progressive_on("arrays", on_policy=keras_kd.OnPolicy()),
+            )
+        ],
         "temperature": EVERYWHERE,
         "alpha": EVERYWHERE,
         "soft_loss": EVERYWHERE,

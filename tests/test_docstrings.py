@@ -16,6 +16,7 @@ import pytest
 
 MODULES = [
     "keras_kd.distiller",
+    "keras_kd.on_policy.config",
     "keras_kd.features.pairs",
     "keras_kd.losses.base",
     "keras_kd.losses.logits",

@@ -66,7 +66,7 @@ def gpt2_merges(words=WORDS):
     return merges
 
 
-def gpt2_causal_lm(vocabulary, sequence_length=10, num_layers=2, seed=0, words=WORDS):
+def gpt2_causal_lm(vocabulary, sequence_length=10, num_layers=2, seed=0, words=WORDS, dropout=0.1):
     keras.utils.set_random_seed(seed)
     tokenizer = keras_hub.models.GPT2Tokenizer(vocabulary=vocabulary, merges=gpt2_merges(words))
     preprocessor = keras_hub.models.GPT2CausalLMPreprocessor(tokenizer, sequence_length=sequence_length)
@@ -76,6 +76,7 @@ def gpt2_causal_lm(vocabulary, sequence_length=10, num_layers=2, seed=0, words=W
         num_heads=2,
         hidden_dim=16,
         intermediate_dim=32,
+        dropout=dropout,
         max_sequence_length=16,
     )
     return keras_hub.models.GPT2CausalLM(backbone, preprocessor=preprocessor)

@@ -117,6 +117,11 @@ def progressive(
     1      teacher -> assistant        2  0.9787    0.9532        0.3594      0.6
     2      assistant -> student        1  0.6313    0.6217        0.3281      0.2
     """
+    if distiller_kwargs.get("on_policy") is not None:
+        raise ValueError(
+            "progressive does not take on_policy: its stages distil on fixed data with validation after each. Run "
+            "progressive off-policy, then keras_kd.Distiller(teacher, student, on_policy=...).fit(prompts)."
+        )
     students = _check_students(teacher, students)
     count = len(students)
     epochs = _check_epochs(epochs_per_stage, count)
