@@ -153,8 +153,9 @@ class Distiller(DistillationSteps, keras.Model):
         on_policy: None, or a `keras_kd.OnPolicy` for KerasHub `CausalLM` pairs: `fit` then takes
             prompts (raw strings; `fit(prompts, completions)` for supervised batches), and per batch
             the student being trained (or the teacher, or the data) writes the completions that the
-            token-level terms compare, prompt and padding positions weighted 0. Logs add
-            `on_policy_share`, `completion_length`, `generation_seconds` and `training_seconds`.
+            token-level terms compare, prompt and padding positions weighted 0. Logs add, over the
+            epoch so far, `on_policy_share` (batches the student wrote), `completion_length` (mean
+            tokens), and the total `generation_seconds` and `training_seconds`.
             `alpha` weights the cross-entropy on the completion's tokens (usually 0 on-policy).
 
     Example:
@@ -432,6 +433,13 @@ class Distiller(DistillationSteps, keras.Model):
         See `keras_kd.data.text` for which preprocessor feeds which model.
         """
         self._check_entry("fit")
+        validation.check_data_reaches_teacher(
+            validation_data, getattr(self._source, "cache", None), "fit(validation_data=...)"
+        )
+        if kwargs.get("class_weight") is not None:
+            _check_class_weight(self.student, x, y)
+        if self._variables.soft_loss_warmup is not None:
+            kwargs["callbacks"] = _with_soft_loss_warmup(kwargs.get("callbacks"))
         if self.on_policy is not None:
             return fit_on_policy(
                 self,
@@ -446,13 +454,6 @@ class Distiller(DistillationSteps, keras.Model):
                 shuffle=shuffle,
                 **kwargs,
             )
-        validation.check_data_reaches_teacher(
-            validation_data, getattr(self._source, "cache", None), "fit(validation_data=...)"
-        )
-        if kwargs.get("class_weight") is not None:
-            _check_class_weight(self.student, x, y)
-        if self._variables.soft_loss_warmup is not None:
-            kwargs["callbacks"] = _with_soft_loss_warmup(kwargs.get("callbacks"))
         x, y, sample_weight, batch_size, shuffle, validation_data, validation_split, validation_batch_size = (
             self._text_pipeline.fit_arguments(
                 x, y, sample_weight, batch_size, shuffle, validation_data, validation_split, validation_batch_size
@@ -585,7 +586,8 @@ class Distiller(DistillationSteps, keras.Model):
         validation.check_first_batch_inputs(x, y, self._first_batch_readers(x))
         if y is None and not self._soft_term.needs_labels:
             _warn_label_free(self.alpha, self._compile_loss is not None, x)
-        if self._variables.soft_loss_warmup is not None and entry == "train_on_batch":
+        # An on-policy fit steps with train_on_batch and applies the warm-up per epoch itself.
+        if self._variables.soft_loss_warmup is not None and entry == "train_on_batch" and self.on_policy is None:
             warnings.warn(
                 f"soft_loss {self._soft_term.describe()} has warmup_epochs={self._soft_term.warmup_epochs}, which "
                 f"fit() applies epoch by epoch; train_on_batch leaves the warm-up weight at {self.soft_loss_warmup}. "
@@ -599,6 +601,8 @@ class Distiller(DistillationSteps, keras.Model):
         if classes is None and teacher_outputs:
             classes = teacher_outputs[0][1].shape[-1]
         validation.check_class_labels(y, classes, _ignore_class(self.loss))
+        if self.on_policy is not None:
+            return  # the labels are sampled completions: the teacher's accuracy on them says nothing
         for who, logits in teacher_outputs:
             validation.warn_if_near_chance(who, logits, y, sample_weight)
 

@@ -114,3 +114,19 @@ def test_tables_and_the_largest_configuration_chunked_rescues():
 def test_plan_keeps_the_modes_of_a_size_together_and_rotates_them():
     args = lm_memory.parse_args(["--modes", "dense", "chunked", "--vocabularies", "20", "10", "--positions", "8"])
     assert lm_memory.plan(args) == [("dense", 10, 8), ("chunked", 10, 8), ("chunked", 20, 8), ("dense", 20, 8)]
+
+
+def test_the_interleaved_step_time_script_writes_its_ratio(tmp_path):
+    out = tmp_path / "time.json"
+    env = dict(os.environ, KERAS_BACKEND=keras.backend.backend())
+    arguments = ["--vocabulary", "512", "--positions", "32", "--chunk-size", "12", "--rounds", "2", "--out", str(out)]
+    arguments += ["--hidden-dim", "64", "--intermediate-dim", "128", "--query-heads", "4", "--kv-heads", "2"]
+    script = os.path.join(ROOT, "benchmarks", "lm_step_time.py")
+    done = subprocess.run(
+        [sys.executable, script, *arguments], env=env, cwd=ROOT, capture_output=True, text=True, timeout=300
+    )
+    assert done.returncode == 0, done.stdout[-3000:] + done.stderr[-3000:]
+    record = json.loads(out.read_text())
+    assert record["chunk_positions"] == 12 and len(record["seconds"]["dense"]) == 2
+    medians = record["median_seconds"]
+    assert record["chunked_over_dense"] == pytest.approx(medians["chunked"] / medians["dense"])

@@ -32,7 +32,9 @@ class OnPolicy:
         teacher_fraction: probability that they are sampled from the teacher instead.
             `student_fraction + teacher_fraction <= 1`; the rest uses the data's completions.
         max_new_tokens: completion length at most, in tokens (`>= 1`).
-        temperature: sampling temperature (`> 0`) of both models when they write completions.
+        temperature: sampling temperature (`> 0`) of both models when they write completions. The
+            distiller's own `temperature` (default 4) still softens the soft loss: on-policy
+            recipes use `Distiller(..., temperature=1.0)`.
         top_p: nucleus sampling's probability mass (in `(0, 1]`), or None to sample from the whole
             distribution.
         seed: seeds the choice of source per batch and the samplers (None: not reproducible).
