@@ -191,6 +191,25 @@ def lm_memory_section(backends, results=LM_MEMORY_RESULTS):
     for path in found:
         with open(path) as f:
             lines += ["", "#" + lm_memory.format_summary(json.load(f))]
+    timed = [os.path.join(results, f"lm_step_time_{backend}.json") for backend in backends]
+    timed = [path for path in timed if os.path.exists(path)]
+    if timed:
+        lines += [
+            "",
+            "The step times above come from separate processes, one after another; the time ratio is measured "
+            "with both distillers in one process, steps interleaved (`lm_step_time.py`, medians):",
+            "",
+            "| backend | vocabulary x positions | positions per chunk | dense s | chunked s | chunked / dense |",
+            "|---|---|---|---|---|---|",
+        ]
+        for path in timed:
+            with open(path) as f:
+                r = json.load(f)
+            median = r["median_seconds"]
+            lines.append(
+                f"| {r['backend']} | {r['vocabulary']:,} x {r['positions']:,} | {r['chunk_positions']} | "
+                f"{median['dense']:.2f} | {median['chunked']:.2f} | {r['chunked_over_dense']:.2f} |"
+            )
     return lines
 
 
