@@ -18,8 +18,6 @@ from keras_kd.data import text
 from keras_kd.on_policy.sequences import PromptTokenizer, training_batch
 from keras_kd.on_policy.writer import CompletionWriter
 
-LOG_NAMES = ("on_policy_share", "completion_length", "generation_seconds", "training_seconds")
-
 _NOT_SUPPORTED = {
     "sample_weight": "the weights are the completion's tokens",
     "validation_data": "evaluate the student on held-out prompts after fit instead",
@@ -89,12 +87,12 @@ def fit_on_policy(
                     break
                 callback_list.on_train_batch_begin(step)
                 source = policy.next_source()
-                before = writers["student"].seconds + writers["teacher"].seconds
+                start = time.perf_counter()
                 if source == "data":
                     sequences, completion = tokenizer.with_completions(prompts, completions)
                 else:
                     sequences, completion = writers[source](tokenizer.prompts(prompts))
-                generation += writers["student"].seconds + writers["teacher"].seconds - before
+                generation += time.perf_counter() - start
                 x_batch, y_batch, weights = training_batch(sequences, completion)
                 start = time.perf_counter()
                 logs = distiller.train_on_batch(x_batch, y_batch, sample_weight=weights, return_dict=True)

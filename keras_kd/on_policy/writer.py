@@ -1,7 +1,6 @@
 """Completions written by a KerasHub `CausalLM` with its own compiled `generate` machinery and a policy's sampler."""
 
 import contextlib
-import time
 
 import keras
 import numpy as np
@@ -24,7 +23,6 @@ class CompletionWriter:
         self.policy = policy
         self.stop_token_ids = stop_token_ids or None
         self.sampler = policy.sampler()
-        self.seconds = 0.0
 
     @contextlib.contextmanager
     def installed(self):
@@ -50,7 +48,6 @@ class CompletionWriter:
         `LENGTH_STEP` (a few compiled shapes instead of one per prompt length); each row keeps at most
         `max_new_tokens` generated tokens, and the result is padded back to the prompts' length.
         """
-        start = time.perf_counter()
         mask = np.asarray(prompt["padding_mask"]).astype(bool)
         full = mask.shape[1]
         prompt_lengths = mask.sum(axis=1)
@@ -67,5 +64,4 @@ class CompletionWriter:
         sequences = {"token_ids": np.zeros_like(np.asarray(prompt["token_ids"])), "padding_mask": np.zeros_like(mask)}
         sequences["token_ids"][:, :length] = np.where(kept, generated, 0)
         sequences["padding_mask"][:, :length] = kept
-        self.seconds += time.perf_counter() - start
         return sequences, completion_marks(sequences["padding_mask"], mask)

@@ -37,6 +37,10 @@ Chunked token-level terms (`Distiller(chunk_size=...)`, `keras_kd.chunked_terms`
   `(value, aux, d value / d hidden, [d value / d v for v in variables])`, computed on the spot and
   outside the step's own gradient computation;
 - `_frozen()`: a context in which frozen computations (a teacher's head) record nothing for gradients;
+- `_with_gradients(value, tensors, gradients)`: a scalar equal to `value` whose gradients are the given
+  ones (a surrogate here; a custom gradient on TensorFlow and PyTorch), and `_accumulate(total, addend)`,
+  the running sum of the chunks' head gradients (in place on PyTorch); `_auto_chunk_bytes`, the logits per
+  chunk that `chunk_size="auto"` takes on this backend;
 - `_chunk_loop(count, body, carry)`: the loop over chunks (a Python loop; JAX: `fori_loop`, whose one
   body reuses its buffers, where XLA gives each unrolled chunk buffers of its own);
 - `_in_order(previous, following)`: `following` unchanged, computed only after `previous` (JAX: an
