@@ -175,9 +175,11 @@ def lm_memory_section(backends, results=LM_MEMORY_RESULTS):
     sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
     import lm_memory
 
-    # lm_memory_<backend>_grid.json: a later run of part of the grid, kept beside the first one's file.
+    # lm_memory_<backend>_grid*.json: later runs of parts of the grid, kept beside the first one's file.
     paths = [
-        os.path.join(results, f"lm_memory_{backend}{suffix}.json") for backend in backends for suffix in ("", "_grid")
+        os.path.join(results, f"lm_memory_{backend}{suffix}.json")
+        for backend in backends
+        for suffix in ("", "_grid", "_grid2")
     ]
     found = [path for path in paths if os.path.exists(path)]
     if not found:

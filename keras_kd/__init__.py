@@ -31,6 +31,7 @@ _PUBLIC = {
     "losses": "keras_kd.losses",
     "recipes": "keras_kd.recipes",
     "hub": "keras_kd.hub",
+    "on_policy": "keras_kd.on_policy",
 }
 
 __all__ = [*_PUBLIC, "__version__"]

