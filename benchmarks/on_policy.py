@@ -144,6 +144,12 @@ def parse_args(argv=None):
         help="smoke run: 1 seed, 2 warm-up and 2 training steps of 4, 4 held-out prompts, 64 tokens, 8 new tokens",
     )
     parser.add_argument("--json", help="write every number here")
+    parser.add_argument(
+        "--merge",
+        nargs="+",
+        metavar="JSON",
+        help="print (and with --json write) one table from the --json files of runs that differ only in --seeds",
+    )
     return parser.parse_args(argv)
 
 
@@ -429,6 +435,9 @@ def format_cell(values, digits=3, perplexity_format=False):
 
 def main(argv=None):
     args = parse_args(argv)
+    if args.merge:
+        finish(merge_records([json.loads(pathlib.Path(path).read_text()) for path in args.merge]), args.json)
+        return
     if args.quick:
         args.seeds, args.steps, args.warmup_steps, args.batch_size = args.seeds[:1], 2, 2, 4
         args.eval_prompts, args.sequence_length, args.max_new_tokens = 4, 64, 8
@@ -579,67 +588,90 @@ def main(argv=None):
             del distiller, student
     total_s = time.perf_counter() - start_all
 
-    seeds = len(args.seeds)
+    record = {
+        "config": {k: v for k, v in vars(args).items() if k != "json"},
+        "backend": keras.backend.backend(),
+        "versions": {"keras": keras.__version__, "keras_hub": keras_hub.__version__},
+        "teacher_file": os.path.basename(packaged_smollm2_path()),
+        "teacher_layers": teacher_layers,
+        "articles": {"corpus": len(texts), "eligible": eligible, "held_out": len(held_out)},
+        "held_out_prompts": [prompt for _, prompt, _, _ in held_out],
+        "held_out_continuations": [continuation[:200] for _, _, continuation, _ in held_out],
+        "student_init_layers": layers,
+        "methods": {name: METHODS[name] for name in args.methods},
+        "teacher": results["teacher"],
+        "runs": runs,
+        "timings_s": {"load_teacher_s": load_s, "total_s": total_s},
+        "threads": threads,
+    }
+    finish(record, args.json)
+
+
+def merge_records(records):
+    """One record from runs of the same configuration with different `--seeds`: their runs concatenated."""
+    first = records[0]
+    keep = ("seeds", "json", "merge")
+    for record in records[1:]:
+        ours = {k: v for k, v in first["config"].items() if k not in keep}
+        theirs = {k: v for k, v in record["config"].items() if k not in keep}
+        if ours != theirs or record["held_out_prompts"] != first["held_out_prompts"]:
+            changed = sorted(k for k in ours.keys() | theirs.keys() if ours.get(k) != theirs.get(k))
+            sys.exit(f"--merge takes runs of one configuration; these differ in {changed or 'the held-out prompts'}")
+    merged = dict(first, config=dict(first["config"], seeds=[s for r in records for s in r["config"]["seeds"]]))
+    merged["runs"] = {name: [run for r in records for run in r["runs"][name]] for name in first["runs"]}
+    merged["timings_s"] = {"total_s": sum(r["timings_s"]["total_s"] for r in records), "runs": len(records)}
+    return merged
+
+
+def finish(record, path=None):
+    """Prints the table and the side-by-side completions of `record`; writes it, with its summary, to `path`."""
+    config, runs, teacher_row = record["config"], record["runs"], record["teacher"]
+    seeds, steps = config["seeds"], config["steps"]
     header = (
         "| model | soft loss / completions | reverse KL of own samples (nats/token) | teacher NLL of greedy "
         "(nats/token) | greedy tokens | held-out perplexity | on-policy share | generation s/step | training s/step |"
     )
     print(f"\n{header}\n|---|---|---|---|---|---|---|---|---|")
-    teacher_row = results["teacher"]
     print(
-        f"| teacher (SmolLM2-135M-Instruct, {teacher_layers} layers) | - | 0 | {teacher_row['teacher_nll']:.3f} | "
-        f"{teacher_row['greedy_length']:.1f} | {format_perplexity(teacher_row['perplexity'])} | - | - | - |"
+        f"| teacher (SmolLM2-135M-Instruct, {record['teacher_layers']} layers) | - | 0 | "
+        f"{teacher_row['teacher_nll']:.3f} | {teacher_row['greedy_length']:.1f} | "
+        f"{format_perplexity(teacher_row['perplexity'])} | - | - | - |"
     )
-    rows = [("warmup", f"student after the warm-up ({args.warmup_steps} steps)", "forward KL, article text")]
-    rows += [(name, f"+ {args.steps} steps: {name}", METHODS[name][0]) for name in args.methods]
+    rows = [("warmup", f"student after the warm-up ({config['warmup_steps']} steps)", "forward KL, article text")]
+    rows += [(name, f"+ {steps} steps: {name}", METHODS[name][0]) for name in runs if name != "warmup"]
     for name, label, method in rows:
         values = runs[name]
         cells = [format_cell([r[m] for r in values], perplexity_format=m == "perplexity") for m in METRICS]
         cells.insert(2, format_cell([r["greedy_length"] for r in values], digits=1))
         if name == "warmup":
-            extra = ["-", "-", format_cell([r["train_s"] / args.warmup_steps for r in values], digits=2) + " (fit)"]
+            warm = format_cell([r["train_s"] / config["warmup_steps"] for r in values], digits=2)
+            extra = ["-", "-", warm + " (fit)"]
         else:
             extra = [
                 format_cell([r["on_policy_share"] for r in values], digits=2),
-                format_cell([r["generation_s"] / args.steps for r in values], digits=2),
-                format_cell([r["training_s"] / args.steps for r in values], digits=2),
+                format_cell([r["generation_s"] / steps for r in values], digits=2),
+                format_cell([r["training_s"] / steps for r in values], digits=2),
             ]
         print(f"| {label} | {method} | {' | '.join(cells)} | {' | '.join(extra)} |")
     print(
-        f"\nHeld-out: {len(held_out)} prompts and articles ({teacher_row['eval_tokens']:,} text tokens); mean ± "
-        f"sample standard deviation over {seeds} seed(s) {args.seeds}. Completions of at most {args.max_new_tokens} "
-        f"tokens, temperature 1. Total wall time {total_s / 60:.1f} min."
+        f"\nHeld-out: {len(record['held_out_prompts'])} prompts and articles ({teacher_row['eval_tokens']:,} text "
+        f"tokens); mean ± sample standard deviation over {len(seeds)} seed(s) {seeds}. Completions of at most "
+        f"{config['max_new_tokens']} tokens, temperature 1. Total wall time "
+        f"{record['timings_s']['total_s'] / 60:.1f} min."
     )
-
-    print(f"\nGreedy completions of held-out prompts (seed {args.seeds[0]}):")
-    for i, (_, prompt, continuation, _) in enumerate(held_out[: args.show]):
+    print(f"\nGreedy completions of held-out prompts (seed {seeds[0]}):")
+    shown = zip(record["held_out_prompts"], record["held_out_continuations"], teacher_row["greedy"])
+    for i, (prompt, continuation, teacher_text) in enumerate(shown):
         print(f"\n[{i + 1}] prompt: {prompt}")
-        print(f"    article: {continuation[:200].strip()} ...")
-        print(f"    teacher: {results['teacher']['greedy'][i]!r}")
+        print(f"    article: {continuation.strip()} ...")
+        print(f"    teacher: {teacher_text!r}")
         for name in runs:
             print(f"    {name}: {runs[name][0]['greedy'][i]!r}")
-
-    if args.json:
-        record = {
-            "config": {k: v for k, v in vars(args).items() if k != "json"},
-            "backend": keras.backend.backend(),
-            "versions": {"keras": keras.__version__, "keras_hub": keras_hub.__version__},
-            "teacher_file": os.path.basename(packaged_smollm2_path()),
-            "articles": {"corpus": len(texts), "eligible": eligible, "held_out": len(held_out)},
-            "held_out_prompts": [prompt for _, prompt, _, _ in held_out],
-            "student_init_layers": layers,
-            "methods": {name: METHODS[name] for name in args.methods},
-            "teacher": results["teacher"],
-            "runs": runs,
-            "summary": {
-                name: {metric: mean_and_spread([r[metric] for r in runs[name]]) for metric in METRICS} for name in runs
-            },
-            "timings_s": {"load_teacher_s": load_s, "total_s": total_s},
-            "threads": threads,
-        }
-        pathlib.Path(args.json).parent.mkdir(parents=True, exist_ok=True)
-        pathlib.Path(args.json).write_text(json.dumps(record, indent=2))
-        print(f"wrote {args.json}")
+    if path:
+        summary = {name: {m: mean_and_spread([r[m] for r in runs[name]]) for m in METRICS} for name in runs}
+        pathlib.Path(path).parent.mkdir(parents=True, exist_ok=True)
+        pathlib.Path(path).write_text(json.dumps(dict(record, summary=summary), indent=2))
+        print(f"wrote {path}")
 
 
 if __name__ == "__main__":

@@ -21,7 +21,9 @@ per-round ratios of interleaved runs, with bootstrap 95 % intervals.
 """
 
 import argparse
+import contextlib
 import datetime
+import io
 import json
 import os
 import platform
@@ -162,6 +164,7 @@ def report(results, backends):
     if missing:
         lines += ["", "Missing results (not run, or failed): " + ", ".join(missing) + "."]
     lines += lm_memory_section(backends)
+    lines += on_policy_section(backends)
     stamp = datetime.datetime.now(datetime.UTC).strftime("%Y-%m-%d %H:%M UTC")
     lines += ["", f"Table written {stamp}.", ""]
     return "\n".join(lines)
@@ -215,6 +218,38 @@ def lm_memory_section(backends, results=LM_MEMORY_RESULTS):
                 f"| {r['backend']} | {r['vocabulary']:,} x {r['positions']:,} | {r['chunk_positions']} | "
                 f"{median['dense']:.2f} | {median['chunked']:.2f} | {r['chunked_over_dense']:.2f} |"
             )
+    return lines
+
+
+def on_policy_section(backends, results=LM_MEMORY_RESULTS):
+    """The table and side-by-side completions of `on_policy.py` (hours on a CPU: run on its own), from its results."""
+    paths = [os.path.join(results, f"on_policy_{backend}.json") for backend in backends]
+    found = [path for path in paths if os.path.exists(path)]
+    if not found:
+        return []
+    sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
+    import on_policy
+
+    lines = [
+        "",
+        "# On-policy distillation (`on_policy.py`)",
+        "",
+        "Run separately (`python benchmarks/on_policy.py`; the module docstring has the protocol); see "
+        "[on-policy distillation](on-policy.md). SmolLM2-135M-Instruct teaches a 4-layer student from its layers; "
+        "every method starts from the same warmed-up student and takes the same optimizer steps on the same "
+        "prompts. Metrics on held-out prompts: the reverse KL of the student's own samples (teacher-scored), the "
+        "teacher's NLL of its greedy completions, held-out perplexity of the articles' text.",
+    ]
+    for path in found:
+        with open(path) as f:
+            record = json.load(f)
+        printed = io.StringIO()
+        with contextlib.redirect_stdout(printed):
+            on_policy.finish(record)
+        lines += ["", f"## {record['backend']}", ""]
+        table, _, completions = printed.getvalue().strip().partition("Greedy completions")
+        lines += [table.strip(), "", "Greedy completions" + completions.split("\n", 1)[0], "", "```text"]
+        lines += [completions.split("\n", 1)[1].strip(), "```"]
     return lines
 
 

@@ -27,12 +27,15 @@ def score_completions(
     - `student_nll = mean_t -log p_s(y_t | y_<t)`.
 
     Args:
-        student, teacher: KerasHub `CausalLM` tasks with one vocabulary; the student's preprocessor
-            tokenizes the prompts (as in `fit` with `on_policy`).
+        student: a KerasHub `CausalLM` whose preprocessor tokenizes the prompts (as in `fit` with
+            `on_policy`).
+        teacher: a KerasHub `CausalLM` with the student's vocabulary.
         prompts: a list of strings.
         max_new_tokens: the completion's length at most, in tokens.
         greedy: complete with the most likely token instead of sampling.
-        temperature, top_p, seed: the sampler's settings (ignored when `greedy`; `OnPolicy`'s checks).
+        temperature: the sampler's temperature (ignored when `greedy`).
+        top_p: nucleus sampling's probability mass, or None (ignored when `greedy`).
+        seed: seeds the sampler (ignored when `greedy`).
         batch_size: prompts per `generate` call. Prompts of similar length batched together waste
             fewer generated slots: every row runs to the batch's longest prompt plus `max_new_tokens`.
 
