@@ -67,20 +67,22 @@ completion side by side (first seed), and with `--json PATH` every number.
 ```sh
 python benchmarks/on_policy.py --json benchmarks/results/on_policy_torch.json
 python benchmarks/on_policy.py --quick        # smoke run: 8 prompts, 2 steps per method, 8 new tokens
+# one process per seed, then one table (what produced benchmarks/results/on_policy_torch.json):
+for s in 0 1 2; do
+  python benchmarks/on_policy.py --steps 20 --warmup-steps 16 --eval-prompts 24 --seeds $s \
+      --json benchmarks/results/on_policy_torch_seed$s.json
+done
+python benchmarks/on_policy.py --merge benchmarks/results/on_policy_torch_seed{0,1,2}.json \
+    --json benchmarks/results/on_policy_torch.json
 ```
 
-Speed (torch backend, `--threads 1`, under `nice -n 19` on the 2-core development machine while
-another benchmark kept both cores busy). `--threads` (default 1) sizes the frameworks' thread pools
-before import (as `step_overhead.py` does): with two OpenMP threads on the busy machine a greedy
-`generate` of 8 tokens by the teacher took 43-48 s instead of 6 s. `--quick` (1 seed, 2 warm-up
-and 2 training steps of 4 prompts per method, 64 tokens, 8 new tokens, 4 held-out prompts) takes
-about 2 minutes: per step about 3.5 s of training, 1.4 s of student and 5.7 s of teacher
-generation; 6 s per evaluation; 11 s for the teacher's. The defaults were not run on this machine;
-scaled from those figures and from `smollm2_distill.py` (a distillation step of 8 x 128 tokens,
-6-layer student: 8.1 s), a step of 8 x 128 tokens should take about 8 s of training, plus about
-12 s of teacher or 3 s of student generation (32 new tokens: about 40 sampler steps per batch),
-so per seed about 3 min of warm-up, 4 (supervised), 10 (sequence-level), 5.5 (on-policy), 5
-(GKD) and 3 min of evaluation: about 30 minutes a seed, 1.5 hours for the three seeds.
+Speed (torch backend, `--threads 1`). `--threads` (default 1) sizes the frameworks' thread pools
+before import (as `step_overhead.py` does): with two OpenMP threads on a busy machine a greedy
+`generate` of 8 tokens by the teacher took 43-48 s instead of 6 s. `--quick` (1 seed, 2 warm-up and
+2 training steps of 4 prompts per method, 64 tokens, 8 new tokens, 4 held-out prompts) takes about
+2-3 minutes. The committed results (2 seeds, `--steps 20 --warmup-steps 16 --eval-prompts 24`, one process per
+seed, beside test suites for part of the time) took 70 minutes in all: per step 11.6-14.9 s of
+training, 4.4 s of student and 15.6 s of teacher generation.
 """
 
 import argparse
