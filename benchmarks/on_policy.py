@@ -80,9 +80,9 @@ Speed (torch backend, `--threads 1`). `--threads` (default 1) sizes the framewor
 before import (as `step_overhead.py` does): with two OpenMP threads on a busy machine a greedy
 `generate` of 8 tokens by the teacher took 43-48 s instead of 6 s. `--quick` (1 seed, 2 warm-up and
 2 training steps of 4 prompts per method, 64 tokens, 8 new tokens, 4 held-out prompts) takes about
-2-3 minutes. The committed results (2 seeds, `--steps 20 --warmup-steps 16 --eval-prompts 24`, one process per
-seed, beside test suites for part of the time) took 70 minutes in all: per step 11.6-14.9 s of
-training, 4.4 s of student and 15.6 s of teacher generation.
+2-3 minutes. The committed results (3 seeds, `--steps 20 --warmup-steps 16 --eval-prompts 24`, one process per
+seed, beside test suites for part of the time) took 103 minutes in all: per step 11.8-14.2 s of
+training, 4.2 s of student and 16.1 s of teacher generation.
 """
 
 import argparse
