@@ -94,7 +94,6 @@ import pathlib
 import re
 import sys
 import time
-import warnings
 
 from bbc_news import read_bbc_news
 from smollm2_distill import format_perplexity, teacher_layers_for
@@ -561,19 +560,16 @@ def main(argv=None):
             )
             distiller.compile(optimizer=optimizer())
             begin = time.perf_counter()
-            with warnings.catch_warnings():
-                # The distiller warns when the teacher predicts few of the first batch's labels; on-policy, the labels
-                # are what the student (or the teacher, sampling) wrote, so a low hit rate says nothing of the teacher.
-                warnings.filterwarnings("ignore", message="The teacher .* predicts")
-                history = distiller.fit(
-                    prompts,
-                    continuations if needs_completions else None,
-                    batch_size=args.batch_size,
-                    epochs=1,
-                    shuffle=False,
-                    verbose=0,
-                    callbacks=[StepLog(f"{name} (seed {seed})", args.steps)],
-                )
+            # No near-chance warning to silence: with on_policy the distiller skips it (the labels are samples).
+            history = distiller.fit(
+                prompts,
+                continuations if needs_completions else None,
+                batch_size=args.batch_size,
+                epochs=1,
+                shuffle=False,
+                verbose=0,
+                callbacks=[StepLog(f"{name} (seed {seed})", args.steps)],
+            )
             train_s = time.perf_counter() - begin
             logs = {key: [float(v) for v in values] for key, values in history.history.items()}
             result = evaluate(student, teacher, held_out, args, seed)
@@ -625,16 +621,16 @@ def merge_records(records):
     return merged
 
 
-def finish(record, path=None):
-    """Prints the table and the side-by-side completions of `record`; writes it, with its summary, to `path`."""
+def report_table(record):
+    """The Markdown table of `record` (teacher, warm-up and each method: mean ± spread over seeds) and its legend."""
     config, runs, teacher_row = record["config"], record["runs"], record["teacher"]
     seeds, steps = config["seeds"], config["steps"]
     header = (
         "| model | soft loss / completions | reverse KL of own samples (nats/token) | teacher NLL of greedy "
         "(nats/token) | greedy tokens | held-out perplexity | on-policy share | generation s/step | training s/step |"
     )
-    print(f"\n{header}\n|---|---|---|---|---|---|---|---|---|")
-    print(
+    lines = [header, "|---|---|---|---|---|---|---|---|---|"]
+    lines.append(
         f"| teacher (SmolLM2-135M-Instruct, {record['teacher_layers']} layers) | - | 0 | "
         f"{teacher_row['teacher_nll']:.3f} | {teacher_row['greedy_length']:.1f} | "
         f"{format_perplexity(teacher_row['perplexity'])} | - | - | - |"
@@ -654,22 +650,40 @@ def finish(record, path=None):
                 format_cell([r["generation_s"] / steps for r in values], digits=2),
                 format_cell([r["training_s"] / steps for r in values], digits=2),
             ]
-        print(f"| {label} | {method} | {' | '.join(cells)} | {' | '.join(extra)} |")
-    print(
-        f"\nHeld-out: {len(record['held_out_prompts'])} prompts and articles ({teacher_row['eval_tokens']:,} text "
+        lines.append(f"| {label} | {method} | {' | '.join(cells)} | {' | '.join(extra)} |")
+    lines += [
+        "",
+        f"Held-out: {len(record['held_out_prompts'])} prompts and articles ({teacher_row['eval_tokens']:,} text "
         f"tokens); mean ± sample standard deviation over {len(seeds)} seed(s) {seeds}. Completions of at most "
         f"{config['max_new_tokens']} tokens, temperature 1. Total wall time "
-        f"{record['timings_s']['total_s'] / 60:.1f} min."
-    )
-    print(f"\nGreedy completions of held-out prompts (seed {seeds[0]}):")
+        f"{record['timings_s']['total_s'] / 60:.1f} min.",
+    ]
+    return "\n".join(lines)
+
+
+def report_completions(record):
+    """`(title, text)`: the teacher's and each model's greedy completions of the first held-out prompts (first seed)."""
+    runs, teacher_row = record["runs"], record["teacher"]
+    title = f"Greedy completions of held-out prompts (seed {record['config']['seeds'][0]}):"
+    blocks = []
     shown = zip(record["held_out_prompts"], record["held_out_continuations"], teacher_row["greedy"])
     for i, (prompt, continuation, teacher_text) in enumerate(shown):
-        print(f"\n[{i + 1}] prompt: {prompt}")
-        print(f"    article: {continuation.strip()} ...")
-        print(f"    teacher: {teacher_text!r}")
-        for name in runs:
-            print(f"    {name}: {runs[name][0]['greedy'][i]!r}")
+        block = [
+            f"[{i + 1}] prompt: {prompt}",
+            f"    article: {continuation.strip()} ...",
+            f"    teacher: {teacher_text!r}",
+        ]
+        block += [f"    {name}: {runs[name][0]['greedy'][i]!r}" for name in runs]
+        blocks.append("\n".join(block))
+    return title, "\n\n".join(blocks)
+
+
+def finish(record, path=None):
+    """Prints the table and the side-by-side completions of `record`; writes it, with its summary, to `path`."""
+    title, completions = report_completions(record)
+    print(f"\n{report_table(record)}\n\n{title}\n\n{completions}")
     if path:
+        runs = record["runs"]
         summary = {name: {m: mean_and_spread([r[m] for r in runs[name]]) for m in METRICS} for name in runs}
         pathlib.Path(path).parent.mkdir(parents=True, exist_ok=True)
         pathlib.Path(path).write_text(json.dumps(dict(record, summary=summary), indent=2))

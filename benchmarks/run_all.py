@@ -21,9 +21,7 @@ per-round ratios of interleaved runs, with bootstrap 95 % intervals.
 """
 
 import argparse
-import contextlib
 import datetime
-import io
 import json
 import os
 import platform
@@ -243,13 +241,9 @@ def on_policy_section(backends, results=LM_MEMORY_RESULTS):
     for path in found:
         with open(path) as f:
             record = json.load(f)
-        printed = io.StringIO()
-        with contextlib.redirect_stdout(printed):
-            on_policy.finish(record)
-        lines += ["", f"## {record['backend']}", ""]
-        table, _, completions = printed.getvalue().strip().partition("Greedy completions")
-        lines += [table.strip(), "", "Greedy completions" + completions.split("\n", 1)[0], "", "```text"]
-        lines += [completions.split("\n", 1)[1].strip(), "```"]
+        title, completions = on_policy.report_completions(record)
+        lines += ["", f"## {record['backend']}", "", on_policy.report_table(record), "", title, "", "```text"]
+        lines += [completions, "```"]
     return lines
 
 
