@@ -95,5 +95,7 @@ def test_bad_inputs_are_refused_with_the_fix():
         )
     with pytest.raises(ValueError, match=r"max_new_tokens must be an int >= 1"):
         keras_kd.on_policy.score_completions(student, teacher, PROMPTS, max_new_tokens=0)
+    with pytest.raises(ValueError, match=r"batch_size must be an int >= 1, got 0"):
+        keras_kd.on_policy.score_completions(student, teacher, PROMPTS, max_new_tokens=4, batch_size=0)
     with pytest.raises(ValueError, match=r"A prompt takes \d+ tokens .* leaves 2 for the prompt"):
         keras_kd.on_policy.score_completions(student, teacher, ["the match ended in a draw"], max_new_tokens=10)
