@@ -12,8 +12,8 @@ import warnings
 import keras
 from keras import ops
 
+from keras_kd import feature_only, validation
 from keras_kd import soft_loss as soft_losses
-from keras_kd import validation
 from keras_kd.callbacks import SoftLossWarmup
 from keras_kd.chunked_terms import ChunkedTerms
 from keras_kd.data import text
@@ -116,13 +116,25 @@ class Distiller(DistillationSteps, keras.Model):
     the student's inputs. The cache must hold logits of the student's output shape and, for
     every pair, its teacher layer (`TeacherCache.build(..., pairs=...)`).
 
+    Feature-only (general) distillation: with `soft_loss=None` the loss is the pairs' terms alone
+    (plus the student's regularization losses), so the models need no logits: KerasHub backbones
+    and sentence-embedding models, whose dict outputs pairs name by key (`"sequence_output"`,
+    `"pooled_output"`), optionally pooled over the padding mask (`pooling="mean"`, the sentence
+    embedding). Batches carry inputs only (labels are refused), `call`/`predict` return the
+    student's outputs as it returns them (a dict for a backbone), and the logs hold `loss` and one
+    entry per pair. `temperature`, `alpha > 0`, an integer `chunk_size`, `on_policy` and a compiled
+    loss or metrics configure the missing terms and are refused. Raw strings need
+    `preprocessor=`, since backbones carry none. See docs/general-distillation.md.
+
     Args:
         teacher: a built `keras.Model` that returns logits, a list of them (several
             teachers, mixed by `teacher_weights`), or a `keras_kd.TeacherCache`.
-        student: a `keras.Model` that returns logits of the teacher's shape.
+        student: a `keras.Model` that returns logits of the teacher's shape (any outputs with
+            `soft_loss=None`).
         temperature: `T` in `[0.01, 100]` (where float32 holds the soft loss) that softens both
-            distributions.
-        alpha: weight of the hard-label loss in `[0, 1]`.
+            distributions; `None` (default) is 4.0. Refused with `soft_loss=None`.
+        alpha: weight of the hard-label loss in `[0, 1]`; `None` (default) is 0.1, and 0 with
+            `soft_loss=None` (where anything above 0 is refused).
         pairs: layer pairs, each adding a feature term (see `keras_kd.features.pairs`).
         soft_loss: the soft term between the tempered distributions: `"kl"`
             (`T**2 * KL(p_t || p_s)`, Hinton et al.), `"reverse_kl"`
@@ -131,7 +143,7 @@ class Distiller(DistillationSteps, keras.Model):
             which is the one used), `DKD(alpha, beta, ...)` (decoupled KD; needs labels), or
             a callable `(teacher_logits, student_logits, temperature, sample_weight) -> scalar`
             (one with an attribute `needs_labels = True` is called with the labels as a fifth
-            argument).
+            argument). `None`: no soft term, feature-only distillation (see above); needs `pairs`.
         name: name of the model.
         teacher_weights: with several teachers, one weight >= 0 per teacher (normalized to
             sum to 1); `None` weighs them equally. An error with a single teacher model.
@@ -157,6 +169,10 @@ class Distiller(DistillationSteps, keras.Model):
             epoch so far, `on_policy_share` (batches the student wrote), `completion_length` (mean
             tokens), and the total `generation_seconds` and `training_seconds`.
             `alpha` weights the cross-entropy on the completion's tokens (usually 0 on-policy).
+        preprocessor: None, or a KerasHub preprocessor (any callable from a batch of strings to the
+            models' token inputs) that tokenizes raw strings given to `fit`, `evaluate` and `predict`
+            for models without a preprocessor of their own (backbones); it feeds teacher and student
+            alike and is saved with the distiller. Refused where a model has its own preprocessor.
 
     Example:
 
@@ -178,20 +194,30 @@ class Distiller(DistillationSteps, keras.Model):
     >>> history = distiller.compile(optimizer="adam").fit(x, y, epochs=3, verbose=0)
     >>> [round(w, 2) for w in history.history["soft_loss_warmup"]]
     [0.5, 1.0, 1.0]
+
+    Feature-only: a student embedding trained to the teacher's, without logits or labels:
+
+    >>> def embedder(width):
+    ...     return keras.Sequential([keras.Input((4,)), keras.layers.Dense(width, name="embedding")])
+    >>> distiller = keras_kd.Distiller(embedder(8), embedder(8), soft_loss=None,
+    ...                                pairs=[keras_kd.CosineEmbedding("embedding", "embedding")])
+    >>> sorted(distiller.compile(optimizer="adam").fit(x, epochs=1, verbose=0).history)
+    ['cosine_loss', 'loss']
     """
 
     def __init__(
         self,
         teacher,
         student,
-        temperature=4.0,
-        alpha=0.1,
+        temperature=None,
+        alpha=None,
         pairs=(),
         soft_loss="kl",
         name="distiller",
         teacher_weights=None,
         chunk_size="auto",
         on_policy=None,
+        preprocessor=None,
         **kwargs,
     ):
         _check_model_kwargs(kwargs)
@@ -201,8 +227,11 @@ class Distiller(DistillationSteps, keras.Model):
         self._first_batch_inspected = False
         self._source = teacher_source(teacher, teacher_weights)
         validation.check_model("student", student)
+        temperature, alpha, chunk_size = feature_only.resolve_defaults(
+            soft_loss, pairs, temperature, alpha, chunk_size, on_policy
+        )
         self.on_policy = check_on_policy(on_policy, self._source, student)
-        self._source.check_student(student)
+        self._source.check_student(student, logits=soft_loss is not None)
         temperature = validation.check_temperature(temperature)
         alpha = validation.check_alpha(alpha)
         # The teachers are left as given (their `trainable` flags too): their variables are kept out of the
@@ -214,7 +243,9 @@ class Distiller(DistillationSteps, keras.Model):
         self._bound_pairs = self._source.bind_pairs(pairs, student)
         self.pairs = self._bound_pairs.pairs
         self.soft_loss = soft_loss
-        self._soft_term = self._source.check_soft_loss(soft_losses.resolve(soft_loss, temperature))
+        self._soft_term = (
+            None if soft_loss is None else self._source.check_soft_loss(soft_losses.resolve(soft_loss, temperature))
+        )
         self.chunk_size = check_chunk_size(chunk_size)
         self._student_split = chunking_split(self.chunk_size, self._source, student, self._bound_pairs)
         self._variables = self._create_variables(temperature, alpha)
@@ -233,8 +264,10 @@ class Distiller(DistillationSteps, keras.Model):
                 self._objective, self, lambda: self._without_teachers(head_variables)
             )
         # The logged loss and its parts in one metric, updated once per batch (Keras's own "loss" Mean is not used).
-        self.term_means = TermMeans(["loss", "hard_loss", "soft_loss", *self._bound_pairs.log_names], name="loss")
-        self._text_pipeline = self._source.text_pipeline(student)
+        logits_terms = [] if self.feature_only else ["hard_loss", "soft_loss"]
+        self.term_means = TermMeans(["loss", *logits_terms, *self._bound_pairs.log_names], name="loss")
+        self.preprocessor = preprocessor
+        self._text_pipeline = self._source.text_pipeline(student, preprocessor)
         if student.built:
             # Built parts make a built distiller: BackupAndRestore and JAX's
             # stateless step need every variable before the first batch.
@@ -250,7 +283,7 @@ class Distiller(DistillationSteps, keras.Model):
         )
         if self._bound_pairs.hints():
             variables.hint_warmup = self._scalar_variable("hint_warmup", 0.0)
-        if self._soft_term.warmup_epochs:
+        if self._soft_term is not None and self._soft_term.warmup_epochs:
             variables.soft_loss_warmup = self._scalar_variable("soft_loss_warmup", self._soft_term.warmup_weight(0))
         return variables
 
@@ -303,6 +336,11 @@ class Distiller(DistillationSteps, keras.Model):
         return [self.term_means, *others]
 
     @property
+    def feature_only(self):
+        """Whether this is feature-only (general) distillation: `soft_loss=None`, the pair terms alone."""
+        return self._soft_term is None
+
+    @property
     def pair_log_names(self):
         """The log entry of each pair's term, in the order of `pairs`."""
         return list(self._bound_pairs.log_names)
@@ -329,6 +367,8 @@ class Distiller(DistillationSteps, keras.Model):
 
     @temperature.setter
     def temperature(self, value):
+        if self.feature_only:
+            feature_only.refuse_assignment("temperature", value)
         self._variables.temperature.assign(validation.check_temperature(value))
 
     @property
@@ -338,6 +378,8 @@ class Distiller(DistillationSteps, keras.Model):
 
     @alpha.setter
     def alpha(self, value):
+        if self.feature_only:
+            feature_only.refuse_assignment("alpha", value)
         self._variables.alpha.assign(validation.check_alpha(value))
 
     @property
@@ -354,6 +396,8 @@ class Distiller(DistillationSteps, keras.Model):
 
     @soft_loss_warmup.setter
     def soft_loss_warmup(self, value):
+        if self.feature_only:
+            feature_only.refuse_assignment("soft_loss_warmup", value)
         if self._variables.soft_loss_warmup is None:
             raise ValueError(
                 f"soft_loss {self._soft_term.describe()} has no warm-up (warmup_epochs=0), so there is no "
@@ -401,6 +445,8 @@ class Distiller(DistillationSteps, keras.Model):
                 "with the distiller's alpha (Distiller(..., alpha=a): alpha * hard + (1 - alpha) * soft), or pass "
                 "loss=... together with loss_weights."
             )
+        if self.feature_only:
+            feature_only.refuse_compile(loss, metrics)
         loss = validation.resolve_hard_loss(loss)
         if self._student_split is not None:
             _check_chunkable_loss(loss)
@@ -584,6 +630,9 @@ class Distiller(DistillationSteps, keras.Model):
         self._first_batch_inspected = True
         x, y, sample_weight = keras.utils.unpack_x_y_sample_weight(data_batch)
         validation.check_first_batch_inputs(x, y, self._first_batch_readers(x))
+        if self.feature_only:
+            self._source.check_first_batch(x)  # finite teacher outputs; labels are refused by the objective
+            return
         if y is None and not self._soft_term.needs_labels:
             _warn_label_free(self.alpha, self._compile_loss is not None, x)
         # An on-policy fit steps with train_on_batch and applies the warm-up per epoch itself.
@@ -642,7 +691,7 @@ class Distiller(DistillationSteps, keras.Model):
                 logits = self.student(student_view(x), training=training)
             else:
                 logits = self._student_split.forward(student_view(x), training, self.chunk_size, self._auto_chunk_bytes)
-        return logits, self._bound_pairs.features(captured, "student")
+        return logits, self._bound_pairs.features(captured, "student", logits)
 
     def _update_metrics(self, loss, terms, x, y, student_logits, sample_weight):
         """Updates the loss trackers and compiled metrics; returns the logs of this batch."""
@@ -651,7 +700,7 @@ class Distiller(DistillationSteps, keras.Model):
         if y is None:
             # Without labels only the label-free numbers mean anything.
             logs = self.term_means.result()
-            del logs["hard_loss"]
+            logs.pop("hard_loss", None)
             return logs
         if student_logits is None:  # chunked logits, whose metrics `_metrics_before_update` updated
             return self.get_metrics_result()
@@ -709,14 +758,16 @@ class Distiller(DistillationSteps, keras.Model):
             "name": self.name,
             "teacher": self._source.config(),
             "student": serialize_model(self.student),
-            "temperature": self.temperature,
-            "alpha": self.alpha,
+            "temperature": None if self.feature_only else self.temperature,
+            "alpha": None if self.feature_only else self.alpha,
             "pairs": [keras.saving.serialize_keras_object(pair) for pair in self.pairs],
             "soft_loss": soft_losses.serialize(self.soft_loss),
             "teacher_weights": self.teacher_weights,
             "chunk_size": self.chunk_size,
             "on_policy": None if self.on_policy is None else keras.saving.serialize_keras_object(self.on_policy),
         }
+        if self.preprocessor is not None:
+            config["preprocessor"] = keras.saving.serialize_keras_object(self.preprocessor)
         # A student sharing a teacher's KerasHub preprocessor (keras_kd.hub.student_from_teacher) must share it again
         # when loaded: Keras saves the shared object's assets (the vocabulary) once, and its nested configs lose the
         # sharing, so a second copy would load without a vocabulary (issue 17).
@@ -746,6 +797,8 @@ class Distiller(DistillationSteps, keras.Model):
         config["soft_loss"] = soft_losses.deserialize(config.get("soft_loss", "kl"))
         if config.get("on_policy") is not None:
             config["on_policy"] = keras.saving.deserialize_keras_object(config["on_policy"])
+        if config.get("preprocessor") is not None:
+            config["preprocessor"] = keras.saving.deserialize_keras_object(config["preprocessor"])
         return cls(**config)
 
 

@@ -7,6 +7,8 @@ For a labelled batch,
 where `D` is the soft loss (forward KL by default; its `T**2` is applied by the loss itself), `w_soft`
 the soft loss's warm-up weight (1 without one), `L_pair` each layer pair's weighted term and `R` the
 student's regularization losses. A batch without labels trains on `w_soft * T**2 * D + pairs + R`.
+With `soft_loss=None` (feature-only, general distillation) there is no soft or hard term: the loss
+is `pairs + R`, and a batch with labels is refused.
 While FitNets' hint warm-up is on, the loss is the hint terms alone, and `mask_gradients` zeroes the
 gradients of the variables past the hinted layers.
 
@@ -24,8 +26,9 @@ import keras
 from keras import ops
 
 from keras_kd import validation
-from keras_kd.data.batch_keys import student_padding_mask
+from keras_kd.data.batch_keys import student_padding_mask, teacher_padding_mask
 from keras_kd.features.pairs import Hint
+from keras_kd.features.pooling import pool
 from keras_kd.losses._common import weighted_mean
 from keras_kd.losses.logits import two_class_logits
 from keras_kd.token_logits import TokenLogits
@@ -61,7 +64,10 @@ class Objective:
         """`(loss, terms)` of one batch; `terms` holds the logged parts (`hard_loss`, `soft_loss`, pairs)."""
         v = self.variables
         (teacher_logits, teacher_features), (student_logits, student_features) = teacher_outputs, student_outputs
-        if isinstance(student_logits, TokenLogits):
+        if self.soft_term is None:  # feature-only (general) distillation: the pair terms alone
+            self._refuse_labels(y)
+            loss, terms = ops.zeros((), dtype="float32"), {}
+        elif isinstance(student_logits, TokenLogits):
             self._check_labels_available(y)
             loss, soft, hard = self.chunked_terms(teacher_logits, student_logits, y, sample_weight)
             terms = {"soft_loss": soft} if hard is None else {"soft_loss": soft, "hard_loss": hard}
@@ -144,6 +150,15 @@ class Objective:
 
     # The terms.
 
+    def _refuse_labels(self, y):
+        if y is not None:
+            raise ValueError(
+                "This distiller has soft_loss=None (feature-only distillation: the pair terms alone, no hard or soft "
+                f"term), but the batch has labels of shape {tuple(y.shape)}, which it would not use. Feed inputs only "
+                "(fit(x), or a dataset yielding x alone, e.g. dataset.map(lambda x, y: x)); to learn from the labels "
+                "distil the task afterwards with a soft loss (see docs/general-distillation.md)."
+            )
+
     def _check_labels_available(self, y):
         term = self.soft_term
         if term.needs_labels and y is None:
@@ -194,6 +209,9 @@ class Objective:
         for pair, name, t_features, s_features in zip(
             self.pairs.pairs, self.pairs.log_names, teacher_features, student_features
         ):
+            if pair.pooling is not None:
+                t_features = [pool(f, teacher_padding_mask(x), pair.pooling) for f in t_features]
+                s_features = [pool(f, padding_mask, pair.pooling) for f in s_features]
             weight = _pair_sample_weight(pair, sample_weight, padding_mask, s_features)
             value = pair.compute(t_features, s_features, weight)
             if pair.scaled_for_distribution:

@@ -3,7 +3,8 @@
 A `Distiller` holds one source and never asks which kind it is. Each source knows
 
 - `models`: the frozen Keras models it runs (none for a cache), for variable bookkeeping;
-- `check_student(student)`: its static compatibility checks, at construction;
+- `check_student(student, logits=True)`: its static compatibility checks, at construction (`logits=False`:
+  feature-only distillation, where the models' outputs are not compared as logits);
 - `bind_pairs(pairs, student)`: the layer pairs bound to its layers (or its stored features);
 - `check_soft_loss(soft_term)`: whether the chosen soft loss can use what it provides;
 - `check_first_batch(x)`: the once-per-`fit` check that its outputs on the first batch are finite; returns
@@ -40,8 +41,8 @@ class TeacherSource:
     num_teachers = 1
     weights = None  # normalized mixture weights with several teachers
 
-    def check_student(self, student):
-        """Static checks of `student` against this teacher, at construction."""
+    def check_student(self, student, logits=True):
+        """Static checks of `student` against this teacher, at construction (of their logits when `logits`)."""
 
     def bind_pairs(self, pairs, student):
         return BoundPairs(pairs, None, student)
@@ -74,8 +75,8 @@ class TeacherSource:
         # (batch, teachers, ..., classes) -> logits of the weighted mixture of tempered probabilities.
         return mixture_logits(logits, temperature, self.weights, axis=1)
 
-    def text_pipeline(self, student):
-        return text.TextPipeline(list(self.models), student)
+    def text_pipeline(self, student, preprocessor=None):
+        return text.TextPipeline(list(self.models), student, preprocessor)
 
     def config(self):
         raise NotImplementedError
@@ -119,10 +120,11 @@ class ModelTeacher(TeacherSource):
         self.listed = listed  # given as a one-element list: saved as one
         self.weights = weights
 
-    def check_student(self, student):
+    def check_student(self, student, logits=True):
         validation.check_separate_models(self.model, student)
-        text.check_shared_vocabulary(self.model, student)
-        validation.check_model_pair(self.model, student)
+        if logits:
+            text.check_shared_vocabulary(self.model, student)
+            validation.check_model_pair(self.model, student)
         validation.warn_if_student_is_larger([self.model], student)
 
     def bind_pairs(self, pairs, student):
@@ -156,7 +158,7 @@ class ModelTeacher(TeacherSource):
                 logits = self.model(teacher_view(x), training=False)
             else:
                 logits = self.split.forward(teacher_view(x), False, self.chunk_size)
-        return logits, pairs.features(captured, "teacher")
+        return logits, pairs.features(captured, "teacher", logits)
 
     def config(self):
         return [serialize_model(self.model)] if self.listed else serialize_model(self.model)
@@ -171,7 +173,7 @@ class EnsembleTeacher(TeacherSource):
         self.weights = validation.check_teacher_weights(weights, self.num_teachers)
         validation.check_teacher_output_shapes(self.models, [validation.known_output_shape(t) for t in self.models])
 
-    def check_student(self, student):
+    def check_student(self, student, logits=True):
         for index, model in enumerate(self.models):
             validation.check_separate_models(model, student, role=f"teacher[{index}]")
         for model in self.models:
@@ -240,8 +242,10 @@ class CachedTeacher(TeacherSource):
         self.num_teachers = cache.num_teachers
         self.weights = validation.check_teacher_weights(weights, self.num_teachers, single_model=self.num_teachers == 1)
 
-    def check_student(self, student):
+    def check_student(self, student, logits=True):
         validation.check_model("student", student)
+        if not logits:
+            return  # the stored logits are not compared: the stored features are
         validation.check_outputs_logits("student", student)
         outputs = getattr(student, "outputs", None)
         if not outputs:
@@ -310,8 +314,8 @@ class CachedTeacher(TeacherSource):
         logits, features = cached_teacher_outputs(x)
         return logits, pairs.stored_features(features)
 
-    def text_pipeline(self, student):
-        return text.TextPipeline([self.cache], student)
+    def text_pipeline(self, student, preprocessor=None):
+        return text.TextPipeline([self.cache], student, preprocessor)
 
     def config(self):
         return keras.saving.serialize_keras_object(self.cache)

@@ -76,6 +76,8 @@ def map_tensors(function, structure):
         return structure.map_parts(function)
     if isinstance(structure, (list, tuple)):
         return type(structure)(map_tensors(function, item) for item in structure)
+    if isinstance(structure, dict):  # a model's named outputs (a KerasHub backbone's)
+        return {key: map_tensors(function, value) for key, value in structure.items()}
     return function(structure)
 
 

@@ -311,7 +311,9 @@ def test_attention_transfer_between_vectors():
 
 def test_cosine_embedding_between_different_widths():
     with pytest.raises(
-        ValueError, match=r"teacher's is \(None, 8\) and the student's \(None, 5\).*or use Hint, which learns"
+        ValueError,
+        match=r"teacher's output is \(None, 8\) and the student's \(None, 5\), and regressor=None\. Pass "
+        r"regressor='auto'.*or use Relational",
     ):
         keras_kd.Distiller(
             named_model("teacher"),

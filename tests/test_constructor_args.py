@@ -113,6 +113,26 @@ def under_data_parallel():
         distiller.fit(x, y, verbose=0)
 
 
+def first_layer_pair(cls, **pair_kwargs):
+    """`Distiller(teacher, student, pairs=[cls(<first layer>, <first layer>, **pair_kwargs)])` of two hidden MLPs."""
+    t, s = teacher(hidden=4), student(hidden=4)
+    return keras_kd.Distiller(t, s, pairs=[cls(t.layers[0].name, s.layers[0].name, **pair_kwargs)])
+
+
+def feature_only_distiller(**kwargs):
+    t, s = teacher(hidden=4), student(hidden=4)
+    return keras_kd.Distiller(t, s, soft_loss=None, pairs=[keras_kd.Hint(t.layers[0].name, s.layers[0].name)], **kwargs)
+
+
+def _preprocessor_for_tasks():
+    def own(x):
+        return x
+
+    t = teacher()
+    t.preprocessor = own  # as a KerasHub task carries its preprocessor
+    keras_kd.Distiller(t, student(), preprocessor=lambda x: x)
+
+
 def sequence_models():
     t = keras.Sequential([keras.Input((5, 4)), keras.layers.Dense(3)], name="tagger_teacher")
     s = keras.Sequential([keras.Input((5, 4)), keras.layers.Dense(3)], name="tagger")
@@ -245,12 +265,22 @@ DECISIONS = {
         "student": EVERYWHERE,
         "chunk_size": [
             raises(
+                "an int with soft_loss=None (no token-level terms to chunk)",
+                r"chunk_size=8 with soft_loss=None: chunking computes the token-level soft and hard terms",
+                lambda tmp_path: feature_only_distiller(chunk_size=8),
+            ),
+            raises(
                 "an int, for models whose logits have no positions axis (classifiers)",
                 r"'student' outputs shape \(None, 3\); chunking splits the positions axis.*chunk_size=None",
                 lambda tmp_path: keras_kd.Distiller(teacher(), student(), chunk_size=8),
-            )
+            ),
         ],
         "on_policy": [
+            raises(
+                "soft_loss=None (on-policy compares next-token distributions)",
+                r"on_policy with soft_loss=None: on-policy distillation compares",
+                lambda tmp_path: feature_only_distiller(on_policy=keras_kd.OnPolicy()),
+            ),
             raises(
                 "models that are not KerasHub CausalLM tasks",
                 r"on_policy takes KerasHub CausalLM models; the teacher 'teacher' is a Sequential",
@@ -264,17 +294,27 @@ DECISIONS = {
         ],
         "temperature": [
             raises(
+                "soft_loss=None (no soft term to soften)",
+                r"temperature=2.0 with soft_loss=None: the temperature softens the soft term",
+                lambda tmp_path: feature_only_distiller(temperature=2.0),
+            ),
+            raises(
                 "a soft_loss object whose own temperature differs",
                 r"GeneralizedJSD\(temperature=1.0\) and Distiller\(temperature=4.0\) disagree",
                 lambda tmp_path: keras_kd.Distiller(teacher(), student(), soft_loss=losses.GeneralizedJSD()),
-            )
+            ),
         ],
         "alpha": [
+            raises(
+                "soft_loss=None (no hard or soft term to mix)",
+                r"alpha=0.5 with soft_loss=None: alpha mixes the hard-label term with the soft term",
+                lambda tmp_path: feature_only_distiller(alpha=0.5),
+            ),
             warns(
                 "label-free batches (fit(x), a cache without labels)",
                 r"first batch of this fit\(\) has no labels, so alpha=0.3 .*will not be used.*pass alpha=0",
                 lambda tmp_path: label_free_fit(alpha=0.3),
-            )
+            ),
         ],
         "pairs": [
             raises(
@@ -317,6 +357,13 @@ DECISIONS = {
             ),
         ],
         "name": EVERYWHERE,
+        "preprocessor": [
+            raises(
+                "models with preprocessors of their own (KerasHub tasks)",
+                r"has its own preprocessor .*Distiller\(preprocessor=...\) is for models without one",
+                lambda tmp_path: _preprocessor_for_tasks(),
+            )
+        ],
         "teacher_weights": [
             raises(
                 "a single teacher model",
@@ -338,11 +385,16 @@ DECISIONS = {
     "Distiller.compile": {
         "optimizer": EVERYWHERE,
         "loss": [
+            raises(
+                "soft_loss=None (feature-only distillation takes no labels)",
+                r"compile\(loss='mse'\) on a distiller with soft_loss=None",
+                lambda tmp_path: feature_only_distiller().compile("sgd", loss="mse"),
+            ),
             warns(
                 "label-free batches",
                 r"has no labels, so the loss given to compile\(\) will not be used",
                 lambda tmp_path: label_free_fit(alpha=0.0, compile={"loss": "sparse_categorical_crossentropy"}),
-            )
+            ),
         ],
         "loss_weights": [
             raises(
@@ -352,7 +404,13 @@ DECISIONS = {
             )
         ],
         # Label-free batches leave compiled metrics as they are (Distiller's docstring; tested in the catalogue).
-        "metrics": EVERYWHERE,
+        "metrics": [
+            raises(
+                "soft_loss=None (metrics need labels, which feature-only distillation refuses)",
+                r"compile\(metrics=\['mae'\]\) on a distiller with soft_loss=None",
+                lambda tmp_path: feature_only_distiller().compile("sgd", metrics=["mae"]),
+            )
+        ],
         "weighted_metrics": EVERYWHERE,
         "run_eagerly": EVERYWHERE,
         "steps_per_execution": EVERYWHERE,
@@ -463,6 +521,13 @@ DECISIONS = {
         "loss": EVERYWHERE,
         "weight": EVERYWHERE,
         "name": EVERYWHERE,
+        "pooling": [
+            raises(
+                "outputs that are not (batch, positions, width) hidden states",
+                r"pooling='mean' pools hidden states of shape \(batch, positions, width\).*is \(None, 4\)",
+                lambda tmp_path: first_layer_pair(keras_kd.LayerPair, loss="mse", pooling="mean"),
+            )
+        ],
         **{key: [pair_kwargs_case(keras_kd.Hint, key, value)] for key, value in LAYER_KWARGS.items()},
     },
     "Hint": {
@@ -471,6 +536,13 @@ DECISIONS = {
         "weight": EVERYWHERE,
         "regressor": EVERYWHERE,
         "name": EVERYWHERE,
+        "pooling": [
+            raises(
+                "outputs that are not (batch, positions, width) hidden states",
+                r"pooling='mean' pools hidden states of shape \(batch, positions, width\).*is \(None, 4\)",
+                lambda tmp_path: first_layer_pair(keras_kd.Hint, pooling="mean"),
+            )
+        ],
         "loss": [fixed_loss_case(keras_kd.Hint)],
         **{key: [pair_kwargs_case(keras_kd.Hint, key, value)] for key, value in LAYER_KWARGS.items()},
     },
@@ -480,6 +552,14 @@ DECISIONS = {
         "weight": EVERYWHERE,
         "p": EVERYWHERE,
         "name": EVERYWHERE,
+        "pooling": [
+            raises(
+                "any (attention transfer compares spatial maps)",
+                r"AttentionTransfer\(pooling='mean'\): attention transfer compares spatial maps",
+                lambda tmp_path: keras_kd.AttentionTransfer("a", "b", pooling="mean"),
+                error=TypeError,
+            )
+        ],
         "loss": [fixed_loss_case(keras_kd.AttentionTransfer)],
         **{key: [pair_kwargs_case(keras_kd.AttentionTransfer, key, value)] for key, value in LAYER_KWARGS.items()},
     },
@@ -489,6 +569,13 @@ DECISIONS = {
         "distance_weight": EVERYWHERE,
         "angle_weight": EVERYWHERE,
         "name": EVERYWHERE,
+        "pooling": [
+            raises(
+                "outputs that are not (batch, positions, width) hidden states",
+                r"pooling='mean' pools hidden states of shape \(batch, positions, width\).*is \(None, 4\)",
+                lambda tmp_path: first_layer_pair(keras_kd.Relational, pooling="mean"),
+            )
+        ],
         "loss": [fixed_loss_case(keras_kd.Relational)],
         "weight": [
             raises(
@@ -505,6 +592,14 @@ DECISIONS = {
         "student_layer": EVERYWHERE,
         "weight": EVERYWHERE,
         "name": EVERYWHERE,
+        "regressor": EVERYWHERE,
+        "pooling": [
+            raises(
+                "outputs that are not (batch, positions, width) hidden states",
+                r"pooling='mean' pools hidden states of shape \(batch, positions, width\).*is \(None, 4\)",
+                lambda tmp_path: first_layer_pair(keras_kd.CosineEmbedding, pooling="mean"),
+            )
+        ],
         "loss": [fixed_loss_case(keras_kd.CosineEmbedding)],
         **{key: [pair_kwargs_case(keras_kd.CosineEmbedding, key, value)] for key, value in LAYER_KWARGS.items()},
     },
@@ -636,6 +731,7 @@ DECISIONS = {
         "temperature": EVERYWHERE,
         "alpha": EVERYWHERE,
         "soft_loss": EVERYWHERE,
+        "preprocessor": EVERYWHERE,
         "name": EVERYWHERE,
         "pairs": [
             raises(

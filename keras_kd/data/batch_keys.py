@@ -58,6 +58,14 @@ def student_padding_mask(x):
     return inputs.get("padding_mask") if isinstance(inputs, dict) else None
 
 
+def teacher_padding_mask(x):
+    """The KerasHub `padding_mask` of what the teacher reads (a cached batch: the student's), or None."""
+    if is_cached(x):
+        return student_padding_mask(x)
+    inputs = teacher_view(x)
+    return inputs.get("padding_mask") if isinstance(inputs, dict) else None
+
+
 def teacher_view(x):
     """What the teacher reads of batch input `x`."""
     return x[TEACHER_KEY] if is_paired(x) else x

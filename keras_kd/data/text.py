@@ -121,6 +121,23 @@ def check_shared_vocabulary(teacher, student):
         )
 
 
+def check_distiller_preprocessor(preprocessor, models):
+    """`Distiller(preprocessor=...)` must be callable on strings, and only for models without a preprocessor."""
+    if not callable(preprocessor):
+        raise TypeError(
+            f"preprocessor must be a KerasHub preprocessor (or a callable from strings to the models' token inputs), "
+            f"got {preprocessor!r}."
+        )
+    for model in models:
+        own = getattr(model, "preprocessor", None)
+        if own is not None and own is not preprocessor:
+            raise ValueError(
+                f"The model {model.name!r} has its own preprocessor ({type(own).__name__}), which reads its raw "
+                "strings; Distiller(preprocessor=...) is for models without one (backbones). Drop the argument, or "
+                "pass models without preprocessors."
+            )
+
+
 def _model_label(role, model):
     return f"The {role} {type(model).__name__} {model.name!r}"
 
@@ -128,12 +145,17 @@ def _model_label(role, model):
 class TextPipeline:
     """Maps raw-string batches to the token inputs of the teachers and a student (teachers share one tokenization)."""
 
-    def __init__(self, teachers, student):
+    def __init__(self, teachers, student, preprocessor=None):
         self.teachers = list(teachers)
         self.teacher = self.teachers[0]
         self.student = student
         self.teacher_preprocessor = getattr(self.teacher, "preprocessor", None)
         self.student_preprocessor = getattr(student, "preprocessor", None)
+        if preprocessor is not None:
+            # The distiller's own preprocessor, for models that have none (backbones): it feeds them all.
+            check_distiller_preprocessor(preprocessor, [*self.teachers, student])
+            self.teacher_preprocessor = self.student_preprocessor = preprocessor
+            self.teachers = [self.teacher]  # one tokenization serves every model
         self.token_level = _is_token_level_preprocessor(self.student_preprocessor) or _is_token_level_preprocessor(
             self.teacher_preprocessor
         )
@@ -153,7 +175,8 @@ class TextPipeline:
                 f"{_model_label('student', self.student)} has no preprocessor, so it cannot read the raw "
                 "strings given to the distiller. Give the student task a preprocessor (e.g. "
                 "`student.preprocessor = teacher.preprocessor` when they share a tokenizer, or build the "
-                "student with keras_kd.hub.student_from_teacher, which copies it), or pass token dicts."
+                "student with keras_kd.hub.student_from_teacher, which copies it), or pass token dicts. Backbones have "
+                "no preprocessor: pass one to the distiller, Distiller(..., preprocessor=...)."
             )
         if self.teacher_preprocessor is None and not self.token_level:
             raise ValueError(

@@ -1,5 +1,11 @@
 """Layer pairs: each names a teacher layer and a student layer and adds one term to the loss.
 
+A pair's paths name layers or, for a model that returns a dict (a KerasHub backbone), one of its
+output keys (`"sequence_output"`, `"pooled_output"`; see `keras_kd.features.outputs`). With
+`pooling="mean"` (or `"first"`) a pair compares one vector per example: each model's
+`(batch, positions, width)` hidden states pooled over its own padding mask (`keras_kd.features.pool`),
+the sentence embedding that sentence-transformers models serve.
+
 A pair is a `keras.layers.Layer` only so that the distiller tracks, trains and
 saves what it owns (a `Hint`'s regressor) and serializes it with its config; it
 is never called on data. The distiller resolves the layer paths (`keras_kd.features.binding`)
@@ -17,6 +23,7 @@ import inspect
 import keras
 from keras import ops
 
+from keras_kd.features.pooling import POOLING_MODES
 from keras_kd.features.regressors import make_regressor
 from keras_kd.losses import (
     attention_transfer_loss,
@@ -49,7 +56,9 @@ class LayerPair(keras.layers.Layer):
     scalar or per-example (per-position) values; values are averaged with the
     batch's sample weights. A `keras.losses.Loss` instance, a registered
     function or a loss name (`"mse"`, `"cosine_similarity"`, ...) all work.
-    The term is `weight * loss(...)`.
+    The term is `weight * loss(...)`. `pooling="mean"` or `"first"` compares
+    `(batch, positions, width)` outputs pooled to one vector per example (see
+    the module docstring).
 
     Example:
 
@@ -67,7 +76,7 @@ class LayerPair(keras.layers.Layer):
 
     kind = "pair"
 
-    def __init__(self, teacher_layer, student_layer, loss=None, weight=1.0, name=None, **kwargs):
+    def __init__(self, teacher_layer, student_layer, loss=None, weight=1.0, name=None, pooling=None, **kwargs):
         owner = type(self).__name__
         for key in _LAYER_KWARGS_NOT_APPLIED:
             if key in kwargs:
@@ -87,6 +96,12 @@ class LayerPair(keras.layers.Layer):
             (_check_path(teacher_layer, "teacher", owner), _check_path(student_layer, "student", owner))
         ]
         self.weight = check_number(f"{owner}: weight", weight)
+        if pooling is not None and pooling not in POOLING_MODES:
+            raise ValueError(
+                f"{owner}(pooling={pooling!r}): pooling is None (compare the outputs as they are), 'mean' (the mean "
+                "over the padding mask's real tokens, a sentence embedding) or 'first' (the [CLS] position)."
+            )
+        self.pooling = pooling
         self.log_kind = name or self.kind
         self.loss = loss
         if type(self) is LayerPair:
@@ -143,6 +158,8 @@ class LayerPair(keras.layers.Layer):
         config = super().get_config()
         teacher_path, student_path = self.layer_pairs[0]
         config.update(teacher_layer=teacher_path, student_layer=student_path, weight=self.weight)
+        if self.pooling is not None:
+            config["pooling"] = self.pooling
         if type(self) is LayerPair:
             config["loss"] = keras.saving.serialize_keras_object(self.loss)
         config["name"] = self.log_kind if self.log_kind != self.kind else None
@@ -166,8 +183,50 @@ def _accepts_sample_weight(fn):
     return "sample_weight" in parameters or any(p.kind == p.VAR_KEYWORD for p in parameters.values())
 
 
+class _Projected(LayerPair):
+    """A pair whose student side may go through a regressor onto the teacher's shape (`regressor=`).
+
+    `"auto"` builds one where the shapes differ (`keras_kd.features.regressors`), a layer is used as
+    given, `None` requires equal shapes. It trains with the student and stays out of `distiller.student`.
+    """
+
+    def _set_regressor(self, regressor):
+        if not (regressor is None or regressor == "auto" or isinstance(regressor, keras.layers.Layer)):
+            raise ValueError(f"{self.describe()}: regressor must be 'auto', None or a keras layer; got {regressor!r}.")
+        self._regressor_spec = regressor
+        self.regressor = regressor if isinstance(regressor, keras.layers.Layer) else None
+
+    def bind(self, teacher_shapes, student_shapes):
+        (teacher_shape,), (student_shape,) = teacher_shapes, student_shapes
+        self.regressor = make_regressor(
+            teacher_shape, student_shape, self._regressor_spec, self.describe(), name=f"{self.name}_regressor"
+        )
+        self.built = True
+
+    def regressors(self):
+        return [self.regressor] if self.regressor is not None else []
+
+    def _projected(self, student):
+        return student if self.regressor is None else self.regressor(student)
+
+    def get_config(self):
+        config = super().get_config()
+        spec = self._regressor_spec
+        config["regressor"] = (
+            keras.saving.serialize_keras_object(spec) if isinstance(spec, keras.layers.Layer) else spec
+        )
+        return config
+
+    @classmethod
+    def from_config(cls, config):
+        config = dict(config)
+        if isinstance(config.get("regressor"), dict):
+            config["regressor"] = keras.saving.deserialize_keras_object(config["regressor"])
+        return super().from_config(config)
+
+
 @keras.saving.register_keras_serializable(package="keras_kd")
-class Hint(LayerPair):
+class Hint(_Projected):
     """FitNets hint (Romero et al. 2015): `weight * MSE(teacher, regressor(student))`.
 
     The regressor maps the student's output to the teacher's shape. With
@@ -191,43 +250,13 @@ class Hint(LayerPair):
     kind = "hint"
     position_weighted = True
 
-    def __init__(self, teacher_layer, student_layer, weight=1.0, regressor="auto", name=None, **kwargs):
-        super().__init__(teacher_layer, student_layer, weight=weight, name=name, **kwargs)
-        if not (regressor is None or regressor == "auto" or isinstance(regressor, keras.layers.Layer)):
-            raise ValueError(f"{self.describe()}: regressor must be 'auto', None or a keras layer; got {regressor!r}.")
-        self._regressor_spec = regressor
-        self.regressor = regressor if isinstance(regressor, keras.layers.Layer) else None
-
-    def bind(self, teacher_shapes, student_shapes):
-        (teacher_shape,), (student_shape,) = teacher_shapes, student_shapes
-        self.regressor = make_regressor(
-            teacher_shape, student_shape, self._regressor_spec, self.describe(), name=f"{self.name}_regressor"
-        )
-        self.built = True
-
-    def regressors(self):
-        return [self.regressor] if self.regressor is not None else []
+    def __init__(self, teacher_layer, student_layer, weight=1.0, regressor="auto", name=None, pooling=None, **kwargs):
+        super().__init__(teacher_layer, student_layer, weight=weight, name=name, pooling=pooling, **kwargs)
+        self._set_regressor(regressor)
 
     def compute(self, teacher_features, student_features, sample_weight=None):
         (teacher,), (student,) = teacher_features, student_features
-        if self.regressor is not None:
-            student = self.regressor(student)
-        return self.weight * hint_loss(teacher, student, sample_weight=sample_weight)
-
-    def get_config(self):
-        config = super().get_config()
-        spec = self._regressor_spec
-        config["regressor"] = (
-            keras.saving.serialize_keras_object(spec) if isinstance(spec, keras.layers.Layer) else spec
-        )
-        return config
-
-    @classmethod
-    def from_config(cls, config):
-        config = dict(config)
-        if isinstance(config.get("regressor"), dict):
-            config["regressor"] = keras.saving.deserialize_keras_object(config["regressor"])
-        return super().from_config(config)
+        return self.weight * hint_loss(teacher, self._projected(student), sample_weight=sample_weight)
 
 
 @keras.saving.register_keras_serializable(package="keras_kd")
@@ -268,6 +297,12 @@ class AttentionTransfer(LayerPair):
                 )
         else:
             layer_pairs = [(teacher_layer, student_layer)]
+        if kwargs.get("pooling") is not None:
+            raise TypeError(
+                f"AttentionTransfer(pooling={kwargs['pooling']!r}): attention transfer compares spatial maps, which "
+                "pooling would collapse to one vector. Use pooling with Hint, CosineEmbedding or Relational."
+            )
+        kwargs.pop("pooling", None)
         super().__init__(*layer_pairs[0], weight=weight, name=name, **kwargs)
         self.layer_pairs = [
             (_check_path(t, "teacher", "AttentionTransfer"), _check_path(s, "student", "AttentionTransfer"))
@@ -336,14 +371,16 @@ class Relational(LayerPair):
 
     kind = "relational"
 
-    def __init__(self, teacher_layer, student_layer, distance_weight=25.0, angle_weight=50.0, name=None, **kwargs):
+    def __init__(
+        self, teacher_layer, student_layer, distance_weight=25.0, angle_weight=50.0, name=None, pooling=None, **kwargs
+    ):
         weight = kwargs.pop("weight", 1.0)  # 1.0 in the configs of earlier versions
         if weight != 1.0:
             raise TypeError(
                 f"Relational(weight={weight!r}): the relational term has two weights and no overall one, so it would "
                 "not be applied. Scale distance_weight and angle_weight instead."
             )
-        super().__init__(teacher_layer, student_layer, weight=1.0, name=name, **kwargs)
+        super().__init__(teacher_layer, student_layer, weight=1.0, name=name, pooling=pooling, **kwargs)
         self.distance_weight = check_number("Relational: distance_weight", distance_weight)
         self.angle_weight = check_number("Relational: angle_weight", angle_weight)
         if self.distance_weight == 0 and self.angle_weight == 0:
@@ -386,13 +423,16 @@ def _assert_pairs_when_run(embeddings):
 
 
 @keras.saving.register_keras_serializable(package="keras_kd")
-class CosineEmbedding(LayerPair):
+class CosineEmbedding(_Projected):
     """DistilBERT's hidden-state term: `weight * mean(1 - cos(h_t, h_s))` over positions.
 
     Padding positions are left out of the mean: the `padding_mask` of a KerasHub
     model's inputs (and a per-position sample weight, as a causal LM's
-    preprocessor gives) weights the positions. The two hidden states must have the same
-    shape; for different widths use `Hint`, which learns a projection.
+    preprocessor gives) weights the positions. With `pooling="mean"` the two
+    models' sentence embeddings (hidden states averaged over their padding
+    masks) are compared, one cosine per example. The two sides must have the
+    same width unless `regressor="auto"` (a learned `Dense` projection of the
+    student's, trained with it) or a layer of your own maps one onto the other.
 
     Example:
 
@@ -407,20 +447,23 @@ class CosineEmbedding(LayerPair):
     kind = "cosine"
     position_weighted = True
 
-    def __init__(self, teacher_layer, student_layer, weight=1.0, name=None, **kwargs):
+    def __init__(self, teacher_layer, student_layer, weight=1.0, name=None, pooling=None, regressor=None, **kwargs):
         # Its own signature keeps `weight` third; a `loss` in kwargs is refused by LayerPair, as for every kind.
-        super().__init__(teacher_layer, student_layer, weight=weight, name=name, **kwargs)
+        super().__init__(teacher_layer, student_layer, weight=weight, name=name, pooling=pooling, **kwargs)
+        self._set_regressor(regressor)
 
     def bind(self, teacher_shapes, student_shapes):
         (teacher_shape,), (student_shape,) = teacher_shapes, student_shapes
-        if tuple(teacher_shape[1:]) != tuple(student_shape[1:]):
+        if self._regressor_spec is None and tuple(teacher_shape[1:]) != tuple(student_shape[1:]):
             raise ValueError(
-                f"{self.describe()}: the cosine term compares hidden states of equal shape, but the teacher's is "
-                f"{tuple(teacher_shape)} and the student's {tuple(student_shape)}. Pair layers of the same width, "
-                "or use Hint, which learns a projection."
+                f"{self.describe()}: the cosine term compares vectors of equal width, but the teacher's output is "
+                f"{tuple(teacher_shape)} and the student's {tuple(student_shape)}, and regressor=None. Pass "
+                "regressor='auto' (a learned Dense projection of the student's onto the teacher's width) or a keras "
+                "layer, pair outputs of the same width, or use Relational, which compares distances and angles "
+                "between examples at any widths."
             )
-        self.built = True
+        super().bind(teacher_shapes, student_shapes)
 
     def compute(self, teacher_features, student_features, sample_weight=None):
         (teacher,), (student,) = teacher_features, student_features
-        return self.weight * cosine_embedding_loss(teacher, student, mask=sample_weight)
+        return self.weight * cosine_embedding_loss(teacher, self._projected(student), mask=sample_weight)
