@@ -221,3 +221,21 @@ def test_saved_feature_only_distiller_loads_in_a_fresh_process(tmp_path):
     assert loaded["pooling"] == ["mean", "mean", None]
     assert loaded["logs"] == ["cosine_loss", "hint_loss", "loss", "relational_loss"]
     np.testing.assert_allclose(np.array(loaded["pooled"]), expected, rtol=1e-4, atol=1e-5)
+
+
+def test_validation_strings_and_a_hint_warmup_on_an_output_pair():
+    teacher, student = backbone(2, seed=0), backbone(1, seed=1)
+    pair = keras_kd.Hint("sequence_output", "sequence_output", pooling="mean")
+    distiller = keras_kd.Distiller(teacher, student, soft_loss=None, pairs=[pair], preprocessor=preprocessor())
+    distiller.compile("adam")
+    history = distiller.fit(TEXTS, validation_data=(TEXTS[:3],), batch_size=3, verbose=0)
+    assert sorted(history.history) == ["hint_loss", "loss", "val_hint_loss", "val_loss"]
+    # The warm-up trains what the output depends on: every trainable variable of the student but its pooler.
+    warmup = keras_kd.callbacks.HintWarmup(epochs=1)
+    history = distiller.fit(tokens(8), batch_size=4, epochs=2, verbose=0, callbacks=[warmup])
+    assert history.history["hint_warmup"] == [1.0, 0.0]
+    warmed = distiller._objective.warmup_variable_ids
+    assert {v.path for v in student.trainable_variables if id(v) not in warmed} == {
+        "pooled_dense/kernel",
+        "pooled_dense/bias",
+    }
