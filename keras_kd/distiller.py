@@ -14,6 +14,7 @@ from keras import ops
 
 from keras_kd import feature_only, validation
 from keras_kd import soft_loss as soft_losses
+from keras_kd.augment import check_augment, deserialize_augment, refuse_paired_or_cached, serialize_augment
 from keras_kd.callbacks import SoftLossWarmup
 from keras_kd.chunked_terms import ChunkedTerms
 from keras_kd.data import text
@@ -173,6 +174,15 @@ class Distiller(DistillationSteps, keras.Model):
             models' token inputs) that tokenizes raw strings given to `fit`, `evaluate` and `predict`
             for models without a preprocessor of their own (backbones); it feeds teacher and student
             alike and is saved with the distiller. Refused where a model has its own preprocessor.
+        augment: None, a Keras preprocessing layer (`keras.layers.RandomFlip()`, `RandomCrop`, `MixUp`,
+            `CutMix`, `RandAugment`, ...), a list of them (applied in order), or a callable
+            `(x, seed) -> x` drawing its randomness from `seed` (a `keras.random.SeedGenerator` the
+            distiller owns). Applied once per training step, inside the step, to the batch's inputs;
+            the augmented batch goes to both the teacher and the student (consistent teaching,
+            Beyer et al. 2022). `evaluate`, validation and `predict` see the inputs as given (the
+            layers in inference mode; `RandomCrop` crops the center). Mixing layers (`MixUp`,
+            `CutMix`) need label-free training (`alpha=0`). Refused with a `TeacherCache` (its outputs
+            belong to other views) and with `on_policy`. Saved with the distiller.
 
     Example:
 
@@ -218,6 +228,7 @@ class Distiller(DistillationSteps, keras.Model):
         chunk_size="auto",
         on_policy=None,
         preprocessor=None,
+        augment=None,
         **kwargs,
     ):
         _check_model_kwargs(kwargs)
@@ -268,6 +279,11 @@ class Distiller(DistillationSteps, keras.Model):
         self.term_means = TermMeans(["loss", *logits_terms, *self._bound_pairs.log_names], name="loss")
         self.preprocessor = preprocessor
         self._text_pipeline = self._source.text_pipeline(student, preprocessor)
+        self._augmentation = check_augment(augment, self._source, self.on_policy)
+        if self._augmentation is not None:
+            # Tracked, so that their seed generators' states are the distiller's variables (JAX's stateless step).
+            self._augment_layers = self._augmentation.layers
+            self._augment_seed = self._augmentation.seed
         if student.built:
             # Built parts make a built distiller: BackupAndRestore and JAX's
             # stateless step need every variable before the first batch.
@@ -334,6 +350,11 @@ class Distiller(DistillationSteps, keras.Model):
         """`term_means` (the logged `loss`, `hard_loss`, `soft_loss` and pair terms) first, then Keras's metrics."""
         others = [m for m in super().metrics if m is not self.term_means and m is not self._loss_tracker]
         return [self.term_means, *others]
+
+    @property
+    def augment(self):
+        """What `augment` was given (a layer, a list of layers, a callable), or None."""
+        return None if self._augmentation is None else self._augmentation.spec
 
     @property
     def feature_only(self):
@@ -426,7 +447,7 @@ class Distiller(DistillationSteps, keras.Model):
 
     def call(self, inputs, training=None):
         """The student's output: `distiller(x)` and `distiller.predict(x)` run the student alone."""
-        return self.student(student_view(inputs), training=training)
+        return self.student(student_view(self._augment_inputs(inputs, training=False)), training=training)
 
     def compile(self, optimizer="rmsprop", loss=None, metrics=None, **kwargs):
         """`keras.Model.compile`, returning the distiller so that `.fit` chains.
@@ -629,7 +650,10 @@ class Distiller(DistillationSteps, keras.Model):
         self._first_batch_pending = False
         self._first_batch_inspected = True
         x, y, sample_weight = keras.utils.unpack_x_y_sample_weight(data_batch)
+        x = self._augment_inputs(x, training=False)  # what a shape-changing augmentation (a crop) gives the models
         validation.check_first_batch_inputs(x, y, self._first_batch_readers(x))
+        if self._augmentation is not None:
+            self._augmentation.check_labels(y, self.alpha, self._soft_term)
         if self.feature_only:
             self._source.check_first_batch(x)  # finite teacher outputs; labels are refused by the objective
             return
@@ -679,6 +703,12 @@ class Distiller(DistillationSteps, keras.Model):
             role = "teacher" if len(teachers) == 1 else f"teacher[{index}]"
             readers.append((role, model, None if is_cached(x) else teacher_view(x)))
         return readers
+
+    def _augment_inputs(self, x, training=True):
+        """The batch's one augmented view, what teacher and student both read (`training=False`: see `augment.py`)."""
+        if self._augmentation is None:
+            return x
+        return self._augmentation(refuse_paired_or_cached(x), training=training)
 
     def _teacher_forward(self, x):
         """The teacher's logits and, per pair, its paired layers' outputs (from one forward pass, or a cache)."""
@@ -768,6 +798,8 @@ class Distiller(DistillationSteps, keras.Model):
         }
         if self.preprocessor is not None:
             config["preprocessor"] = keras.saving.serialize_keras_object(self.preprocessor)
+        if self.augment is not None:
+            config["augment"] = serialize_augment(self._augmentation)
         # A student sharing a teacher's KerasHub preprocessor (keras_kd.hub.student_from_teacher) must share it again
         # when loaded: Keras saves the shared object's assets (the vocabulary) once, and its nested configs lose the
         # sharing, so a second copy would load without a vocabulary (issue 17).
@@ -799,6 +831,8 @@ class Distiller(DistillationSteps, keras.Model):
             config["on_policy"] = keras.saving.deserialize_keras_object(config["on_policy"])
         if config.get("preprocessor") is not None:
             config["preprocessor"] = keras.saving.deserialize_keras_object(config["preprocessor"])
+        if config.get("augment") is not None:
+            config["augment"] = deserialize_augment(config["augment"])
         return cls(**config)
 
 

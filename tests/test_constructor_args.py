@@ -124,6 +124,15 @@ def feature_only_distiller(**kwargs):
     return keras_kd.Distiller(t, s, soft_loss=None, pairs=[keras_kd.Hint(t.layers[0].name, s.layers[0].name)], **kwargs)
 
 
+def _augment_on_policy():
+    from test_on_policy import models as causal_lms
+
+    teacher_lm, student_lm = causal_lms()
+    keras_kd.Distiller(
+        teacher_lm, student_lm, on_policy=keras_kd.OnPolicy(max_new_tokens=4), augment=keras.layers.GaussianNoise(0.1)
+    )
+
+
 def _preprocessor_for_tasks():
     def own(x):
         return x
@@ -357,6 +366,20 @@ DECISIONS = {
             ),
         ],
         "name": EVERYWHERE,
+        "augment": [
+            raises(
+                "a TeacherCache (its outputs belong to the un-augmented inputs)",
+                r"augment with a TeacherCache: the cache holds the teacher's outputs",
+                lambda tmp_path: keras_kd.Distiller(
+                    cache_of(tmp_path), student(), augment=keras.layers.GaussianNoise(0.1)
+                ),
+            ),
+            raises(
+                "on_policy (its batches are completions written in training)",
+                r"augment with on_policy: on-policy batches are completions",
+                lambda tmp_path: _augment_on_policy(),
+            ),
+        ],
         "preprocessor": [
             raises(
                 "models with preprocessors of their own (KerasHub tasks)",
@@ -732,6 +755,7 @@ DECISIONS = {
         "alpha": EVERYWHERE,
         "soft_loss": EVERYWHERE,
         "preprocessor": EVERYWHERE,
+        "augment": EVERYWHERE,
         "name": EVERYWHERE,
         "pairs": [
             raises(

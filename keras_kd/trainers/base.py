@@ -2,7 +2,8 @@
 
 Every backend's `train_step` does the same work in the same order, as Keras's own trainers do:
 
-1. `x, y, sample_weight = keras.utils.unpack_x_y_sample_weight(data)`
+1. `x, y, sample_weight = keras.utils.unpack_x_y_sample_weight(data)`, then (training only)
+   `x = self._augment_inputs(x)`: the one augmented view both models see, outside the gradient;
 2. `teacher_outputs = self._teacher_forward(x)`, outside the gradient computation
    (`stop_gradient`, `no_grad`, or before `value_and_grad`);
 3. `student_outputs = self._student_forward(x, training=True)`;
@@ -13,7 +14,7 @@ Every backend's `train_step` does the same work in the same order, as Keras's ow
 
 `test_step` is steps 1-4 and 6 with `training=False`.
 
-`Distiller` provides (backend-agnostic): `_teacher_forward`, `_student_forward`, `_objective` (a
+`Distiller` provides (backend-agnostic): `_augment_inputs`, `_teacher_forward`, `_student_forward`, `_objective` (a
 `keras_kd.objective.Objective`), `_update_metrics`, and `_inspect_first_batch(data_batch)`, which
 each backend calls once per `fit` from the place where it first sees a batch eagerly.
 

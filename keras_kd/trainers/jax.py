@@ -208,6 +208,14 @@ class DistillationSteps(StepContract):
         mapping += zip(self.non_trainable_variables, non_trainable_values)
         return StatelessScope(state_mapping=mapping, collect_losses=True)
 
+    def _augmented(self, trainable_values, non_trainable_values, x, training=True):
+        """The batch's one augmented view (`Distiller(augment=...)`), and the seed states it advanced."""
+        if self._augmentation is None:
+            return x, non_trainable_values
+        with self._model_scope(trainable_values, non_trainable_values) as scope:
+            x = jax.lax.stop_gradient(self._augment_inputs(x, training=training))
+        return x, _current_values(scope, self.non_trainable_variables, non_trainable_values)
+
     def _teacher_outputs(self, trainable_values, non_trainable_values, x):
         with self._model_scope(trainable_values, non_trainable_values) as scope:
             outputs = jax.lax.stop_gradient(self._teacher_forward(x))
@@ -243,6 +251,7 @@ class DistillationSteps(StepContract):
         """
         trainable_values, non_trainable_values, optimizer_values, metrics_values = state
         x, y, sample_weight = unpack_x_y_sample_weight(data)
+        x, non_trainable_values = self._augmented(trainable_values, non_trainable_values, x)
         teacher_outputs, non_trainable_values = self._teacher_outputs(trainable_values, non_trainable_values, x)
         grad_fn = jax.value_and_grad(self._scaled_student_loss, has_aux=True)
         (_, (loss, (terms, student_logits, non_trainable_values))), gradients = grad_fn(
@@ -264,6 +273,7 @@ class DistillationSteps(StepContract):
         """One stateless evaluation step: the distillation loss and metrics, no update; returns `(logs, state)`."""
         trainable_values, non_trainable_values, metrics_values = state
         x, y, sample_weight = unpack_x_y_sample_weight(data)
+        x, non_trainable_values = self._augmented(trainable_values, non_trainable_values, x, training=False)
         teacher_outputs, non_trainable_values = self._teacher_outputs(trainable_values, non_trainable_values, x)
         loss, (terms, student_logits, non_trainable_values) = self._student_loss(
             trainable_values, non_trainable_values, x, y, sample_weight, teacher_outputs, training=False

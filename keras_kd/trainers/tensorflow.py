@@ -113,6 +113,8 @@ class DistillationSteps(StepContract):
     def train_step(self, data):
         """One training step: teacher outside the tape, student loss under `GradientTape`, update, metrics."""
         x, y, sample_weight = unpack_x_y_sample_weight(data)
+        if self._augmentation is not None:
+            x = map_tensors(tf.stop_gradient, self._augment_inputs(x))
         teacher_outputs = map_tensors(tf.stop_gradient, self._teacher_forward(x))
         with tf.GradientTape() as tape:
             student_logits, student_features = self._student_forward(x, training=True)
@@ -128,6 +130,7 @@ class DistillationSteps(StepContract):
     def test_step(self, data):
         """One evaluation step: the distillation loss and metrics of `data`, no update."""
         x, y, sample_weight = unpack_x_y_sample_weight(data)
+        x = self._augment_inputs(x, training=False)
         teacher_outputs = self._teacher_forward(x)
         student_outputs = self._student_forward(x, training=False)
         loss, terms = self._objective(x, y, sample_weight, teacher_outputs, student_outputs)

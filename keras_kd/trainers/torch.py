@@ -43,6 +43,7 @@ class DistillationSteps(StepContract):
         """One training step: teacher under `no_grad`, student loss, `backward`, optimizer update, metrics."""
         x, y, sample_weight = unpack_x_y_sample_weight(data)
         with torch.no_grad():
+            x = self._augment_inputs(x)
             teacher_outputs = self._teacher_forward(x)
         self.zero_grad()
         student_logits, student_features = self._student_forward(x, training=True)
@@ -61,6 +62,7 @@ class DistillationSteps(StepContract):
         """One evaluation step, under `no_grad`: the distillation loss and metrics of `data`, no update."""
         x, y, sample_weight = unpack_x_y_sample_weight(data)
         with torch.no_grad():
+            x = self._augment_inputs(x, training=False)
             teacher_outputs = self._teacher_forward(x)
             student_outputs = self._student_forward(x, training=False)
             loss, terms = self._objective(x, y, sample_weight, teacher_outputs, student_outputs)
