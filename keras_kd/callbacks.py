@@ -1,4 +1,4 @@
-"""Every schedule and warm-up of a distiller, applied between epochs.
+"""Every schedule and warm-up of a distiller, applied between epochs, and the student-vs-teacher report.
 
 Temperature, alpha and the warm-up weights are variables of the `Distiller`, so a change
 reaches the compiled (jit/XLA) train step without recompiling.
@@ -8,6 +8,7 @@ import inspect
 import math
 
 import keras
+import numpy as np
 
 
 class _DistillerScheduler(keras.callbacks.Callback):
@@ -161,3 +162,88 @@ class SoftLossWarmup(_DistillerScheduler):
 
     def _soft_loss_weight(self, epoch):
         return self._distiller().soft_loss.warmup_weight(epoch)
+
+
+class TeacherComparison(keras.callbacks.Callback):
+    """Logs, after every epoch, the student's accuracy on labelled data next to the teacher's.
+
+    On `validation_data` (`(x, y)` with class-id labels, or a dataset of such batches) it logs
+    `val_student_accuracy`, `val_teacher_accuracy` (computed once: the teacher never trains) and
+    `val_agreement`, the share of examples where the student's top class is the teacher's. A
+    student that matches its teacher (function matching) shows agreement near 1 and the two
+    accuracies meeting; History records all three, and `verbose=1` prints them each epoch.
+
+    Example:
+
+    >>> import numpy as np, keras, keras_kd
+    >>> teacher = keras.Sequential([keras.Input((4,)), keras.layers.Dense(3)])
+    >>> student = keras.Sequential([keras.Input((4,)), keras.layers.Dense(3)])
+    >>> x, y = np.random.rand(32, 4), np.random.randint(0, 3, 32)
+    >>> comparison = keras_kd.callbacks.TeacherComparison((x, y))
+    >>> history = keras_kd.Distiller(teacher, student, alpha=0.0).compile("adam").fit(
+    ...     x, epochs=2, verbose=0, callbacks=[comparison])
+    >>> sorted(k for k in history.history if k.startswith("val_"))
+    ['val_agreement', 'val_student_accuracy', 'val_teacher_accuracy']
+    """
+
+    def __init__(self, validation_data, batch_size=256, verbose=0):
+        super().__init__()
+        if isinstance(validation_data, (list, tuple)) and len(validation_data) == 2:
+            self._x, self._y = validation_data
+            self._dataset = None
+        elif hasattr(validation_data, "element_spec"):
+            self._x = self._y = None
+            self._dataset = validation_data
+        else:
+            raise ValueError(
+                "TeacherComparison needs labelled data: validation_data=(x, y) with class-id labels, or a "
+                f"tf.data.Dataset of (x, y) batches; got {type(validation_data).__name__}."
+            )
+        self.batch_size = batch_size
+        self.verbose = verbose
+        self._teacher_top = None
+        self._labels = None
+
+    def _distiller(self):
+        from keras_kd.distiller import Distiller
+
+        if not isinstance(self.model, Distiller):
+            raise TypeError(
+                "TeacherComparison compares a keras_kd.Distiller's student with its teacher model; it was given to "
+                f"the fit() of {type(self.model).__name__} {self.model.name!r}."
+            )
+        if not self.model.teachers:
+            raise TypeError(
+                "TeacherComparison compares a keras_kd.Distiller's student with its teacher model, but this distiller "
+                "reads a TeacherCache and has no teacher model to run."
+            )
+        return self.model
+
+    def _inputs_and_labels(self):
+        if self._dataset is None:
+            return self._x, np.asarray(self._y).reshape(-1)
+        xs, ys = [], []
+        for x, y in self._dataset.as_numpy_iterator():
+            xs.append(x)
+            ys.append(np.asarray(y).reshape(-1))
+        return keras.tree.map_structure(lambda *parts: np.concatenate(parts), *xs), np.concatenate(ys)
+
+    def on_epoch_end(self, epoch, logs=None):
+        distiller = self._distiller()
+        x, labels = self._inputs_and_labels()
+        if self._teacher_top is None:
+            teacher_logits = distiller.teachers[0].predict(x, batch_size=self.batch_size, verbose=0)
+            self._teacher_top = np.argmax(teacher_logits, axis=-1).reshape(-1)
+        student_top = np.argmax(distiller.predict(x, batch_size=self.batch_size, verbose=0), axis=-1).reshape(-1)
+        values = {
+            "val_student_accuracy": float(np.mean(student_top == labels)),
+            "val_teacher_accuracy": float(np.mean(self._teacher_top == labels)),
+            "val_agreement": float(np.mean(student_top == self._teacher_top)),
+        }
+        if logs is not None:
+            logs.update(values)
+        if self.verbose:
+            print(
+                f"\nEpoch {epoch + 1}: student accuracy {values['val_student_accuracy']:.4f}, teacher "
+                f"{values['val_teacher_accuracy']:.4f}, agreement {values['val_agreement']:.4f}"
+            )

@@ -1,5 +1,6 @@
 import keras
 import numpy as np
+import pytest
 from conftest import dense_model, toy_data
 from test_losses_logits import reference
 
@@ -46,3 +47,40 @@ def test_alpha_change_reaches_the_compiled_step():
     expected = [a * hard + (1 - a) * soft for a in (0.5, 1.0)]
     np.testing.assert_allclose(history.history["loss"][:2], expected, rtol=1e-5)
     assert history.history["alpha"] == [0.5, 1.0, 1.0]
+
+
+def test_teacher_comparison_logs_student_and_teacher_accuracy_and_their_agreement():
+    import tensorflow as tf
+
+    from keras_kd.callbacks import TeacherComparison
+
+    rng = np.random.default_rng(0)
+    x = rng.normal(size=(64, 4)).astype("float32")
+    teacher = keras.Sequential([keras.Input((4,)), keras.layers.Dense(3)])
+    student = keras.Sequential([keras.Input((4,)), keras.layers.Dense(3)])
+    y = np.argmax(keras.ops.convert_to_numpy(teacher(x)), axis=-1)
+    y[:16] = (y[:16] + 1) % 3  # the teacher is wrong on a quarter of them
+    for data in ((x, y), tf.data.Dataset.from_tensor_slices((x, y)).batch(16)):
+        distiller = keras_kd.Distiller(teacher, student, alpha=0.0).compile(optimizer=keras.optimizers.Adam(0.05))
+        history = distiller.fit(x, epochs=3, verbose=0, callbacks=[TeacherComparison(data)]).history
+        assert history["val_teacher_accuracy"] == [0.75, 0.75, 0.75]
+        student_top = np.argmax(keras.ops.convert_to_numpy(student(x)), axis=-1)
+        teacher_top = np.argmax(keras.ops.convert_to_numpy(teacher(x)), axis=-1)
+        assert history["val_student_accuracy"][-1] == pytest.approx(np.mean(student_top == y))
+        assert history["val_agreement"][-1] == pytest.approx(np.mean(student_top == teacher_top))
+
+
+def test_teacher_comparison_needs_labelled_data_and_a_distiller():
+    from keras_kd.callbacks import TeacherComparison
+
+    with pytest.raises(ValueError, match=r"TeacherComparison needs labelled data: validation_data=\(x, y\)"):
+        TeacherComparison(np.zeros((4, 2)))
+    plain = keras.Sequential([keras.Input((2,)), keras.layers.Dense(2)])
+    plain.compile("sgd", "mse")
+    with pytest.raises(TypeError, match=r"compares a keras_kd.Distiller's student with its teacher model"):
+        plain.fit(
+            np.zeros((4, 2)),
+            np.zeros((4, 2)),
+            verbose=0,
+            callbacks=[TeacherComparison((np.zeros((4, 2)), np.zeros(4)))],
+        )

@@ -124,6 +124,13 @@ def feature_only_distiller(**kwargs):
     return keras_kd.Distiller(t, s, soft_loss=None, pairs=[keras_kd.Hint(t.layers[0].name, s.layers[0].name)], **kwargs)
 
 
+def _comparison_on_a_cache(tmp_path):
+    x, y = data(16)
+    distiller = keras_kd.Distiller(cache_of(tmp_path), student()).compile("sgd")
+    comparison = callbacks.TeacherComparison((x, y))
+    distiller.fit(distiller._source.cache.dataset(batch_size=8), verbose=0, callbacks=[comparison])
+
+
 def _augment_on_policy():
     from test_on_policy import models as causal_lms
 
@@ -626,6 +633,18 @@ DECISIONS = {
         "loss": [fixed_loss_case(keras_kd.CosineEmbedding)],
         **{key: [pair_kwargs_case(keras_kd.CosineEmbedding, key, value)] for key, value in LAYER_KWARGS.items()},
     },
+    "TeacherComparison": {
+        "validation_data": [
+            raises(
+                "a distiller on a TeacherCache (no teacher model to compare with)",
+                r"TeacherComparison compares .* but this distiller reads a TeacherCache",
+                lambda tmp_path: _comparison_on_a_cache(tmp_path),
+                error=TypeError,
+            )
+        ],
+        "batch_size": EVERYWHERE,
+        "verbose": EVERYWHERE,
+    },
     "TemperatureScheduler": {
         "schedule": [
             raises(
@@ -888,6 +907,7 @@ SIGNATURES = {
     "AlphaScheduler": arguments(callbacks.AlphaScheduler.__init__),
     "HintWarmup": arguments(callbacks.HintWarmup.__init__),
     "SoftLossWarmup": arguments(callbacks.SoftLossWarmup.__init__),
+    "TeacherComparison": arguments(callbacks.TeacherComparison.__init__),
     **{
         f"losses.{name}": arguments(getattr(losses, name).__init__, LOSS_INIT)
         for name in losses.__all__
