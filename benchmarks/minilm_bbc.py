@@ -86,6 +86,26 @@ def predict_seconds(model, tokens, batch_size):
     return time.perf_counter() - start
 
 
+def interleaved_speed(teacher, student, tokens, batch_size, rounds):
+    """Teacher and student `predict` on `tokens`, interleaved for `rounds` rounds after one untimed round each;
+    the per-round times, their ratios and the median ratio."""
+    predict_seconds(teacher, tokens, batch_size)
+    predict_seconds(student, tokens, batch_size)
+    ratios, teacher_times, student_times = [], [], []
+    for _ in range(rounds):
+        t = predict_seconds(teacher, tokens, batch_size)
+        s = predict_seconds(student, tokens, batch_size)
+        teacher_times.append(t)
+        student_times.append(s)
+        ratios.append(t / s)
+    return {
+        "teacher_predict_s": teacher_times,
+        "student_predict_s": student_times,
+        "ratios": ratios,
+        "median_speedup": statistics.median(ratios),
+    }
+
+
 def measure_speed(keras, teacher, student, preprocessor, test_x, args):
     """Inference speed of the networks alone (tokenization, which both share, excluded).
 
@@ -96,23 +116,9 @@ def measure_speed(keras, teacher, student, preprocessor, test_x, args):
     # A KerasHub task preprocesses whatever `predict` gets while it has a preprocessor.
     teacher.preprocessor = student.preprocessor = None
     try:
-        predict_seconds(teacher, tokens, args.batch_size)
-        predict_seconds(student, tokens, args.batch_size)
-        ratios, teacher_times, student_times = [], [], []
-        for _ in range(args.speed_rounds):
-            t = predict_seconds(teacher, tokens, args.batch_size)
-            s = predict_seconds(student, tokens, args.batch_size)
-            teacher_times.append(t)
-            student_times.append(s)
-            ratios.append(t / s)
+        return interleaved_speed(teacher, student, tokens, args.batch_size, args.speed_rounds)
     finally:
         teacher.preprocessor = student.preprocessor = preprocessor
-    return {
-        "teacher_predict_s": teacher_times,
-        "student_predict_s": student_times,
-        "ratios": ratios,
-        "median_speedup": statistics.median(ratios),
-    }
 
 
 def main(argv=None):
