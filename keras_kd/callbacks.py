@@ -220,13 +220,14 @@ class TeacherComparison(keras.callbacks.Callback):
         return self.model
 
     def _inputs_and_labels(self):
-        if self._dataset is None:
-            return self._x, np.asarray(self._y).reshape(-1)
-        xs, ys = [], []
-        for x, y in self._dataset.as_numpy_iterator():
-            xs.append(x)
-            ys.append(np.asarray(y).reshape(-1))
-        return keras.tree.map_structure(lambda *parts: np.concatenate(parts), *xs), np.concatenate(ys)
+        """The validation inputs and labels as arrays; a dataset is read once, on the first epoch."""
+        if self._x is None:
+            xs, ys = [], []
+            for x, y in self._dataset.as_numpy_iterator():
+                xs.append(x)
+                ys.append(y)
+            self._x, self._y = keras.tree.map_structure(lambda *parts: np.concatenate(parts), *xs), np.concatenate(ys)
+        return self._x, np.asarray(self._y).reshape(-1)
 
     def on_epoch_end(self, epoch, logs=None):
         distiller = self._distiller()

@@ -654,10 +654,7 @@ class Distiller(DistillationSteps, keras.Model):
         validation.check_first_batch_inputs(x, y, self._first_batch_readers(x))
         if self._augmentation is not None:
             self._augmentation.check_labels(y, self.alpha, self._soft_term)
-        if self.feature_only:
-            self._source.check_first_batch(x)  # finite teacher outputs; labels are refused by the objective
-            return
-        if y is None and not self._soft_term.needs_labels:
+        if not self.feature_only and y is None and not self._soft_term.needs_labels:
             _warn_label_free(self.alpha, self._compile_loss is not None, x)
         # An on-policy fit steps with train_on_batch and applies the warm-up per epoch itself.
         if self._variables.soft_loss_warmup is not None and entry == "train_on_batch" and self.on_policy is None:
@@ -670,6 +667,8 @@ class Distiller(DistillationSteps, keras.Model):
                 stacklevel=2,
             )
         teacher_outputs = self._source.check_first_batch(x)
+        if self.feature_only:
+            return  # no logits to compare with labels, which the objective refuses
         classes = (validation.known_output_shape(self.student) or (None,))[-1]
         if classes is None and teacher_outputs:
             classes = teacher_outputs[0][1].shape[-1]

@@ -22,7 +22,7 @@ def resolve_defaults(soft_loss, pairs, temperature, alpha, chunk_size, on_policy
             DEFAULT_ALPHA if alpha is None else alpha,
             chunk_size,
         )
-    if not isinstance(pairs, (list, tuple)) or not pairs:
+    if isinstance(pairs, (list, tuple)) and not pairs:  # other types get BoundPairs' own error
         raise ValueError(
             "soft_loss=None (feature-only distillation) trains on the layer pairs' terms alone, but pairs is "
             f"{pairs!r}, so there would be nothing to train on. Give pairs, e.g. "

@@ -205,12 +205,13 @@ class Objective:
         if not self.pairs.pairs:
             return {}
         padding_mask = student_padding_mask(x)
+        teacher_mask = teacher_padding_mask(x)
         terms = {}
         for pair, name, t_features, s_features in zip(
             self.pairs.pairs, self.pairs.log_names, teacher_features, student_features
         ):
             if pair.pooling is not None:
-                t_features = [pool(f, teacher_padding_mask(x), pair.pooling) for f in t_features]
+                t_features = [pool(f, teacher_mask, pair.pooling) for f in t_features]
                 s_features = [pool(f, padding_mask, pair.pooling) for f in s_features]
             weight = _pair_sample_weight(pair, sample_weight, padding_mask, s_features)
             value = pair.compute(t_features, s_features, weight)

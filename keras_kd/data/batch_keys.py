@@ -52,18 +52,18 @@ def cached_teacher_outputs(x):
     return logits, x.get(TEACHER_FEATURES_KEY, [])
 
 
+def _padding_mask(inputs):
+    return inputs.get("padding_mask") if isinstance(inputs, dict) else None
+
+
 def student_padding_mask(x):
     """The KerasHub `padding_mask` (batch, positions) of what the student reads, or None."""
-    inputs = student_view(x)
-    return inputs.get("padding_mask") if isinstance(inputs, dict) else None
+    return _padding_mask(student_view(x))
 
 
 def teacher_padding_mask(x):
     """The KerasHub `padding_mask` of what the teacher reads (a cached batch: the student's), or None."""
-    if is_cached(x):
-        return student_padding_mask(x)
-    inputs = teacher_view(x)
-    return inputs.get("padding_mask") if isinstance(inputs, dict) else None
+    return _padding_mask(student_view(x) if is_cached(x) else teacher_view(x))
 
 
 def teacher_view(x):
